@@ -1,0 +1,35 @@
+# Each target does its own set-up from nothing: a fresh clone needs only Python 3.11 and the package registries.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) $(BIN)/emoflow demo
+
+test: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
+
+bench: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.extract
+
+lint: $(STAMP)
+	$(BIN)/ruff check features models pipeline tests benchmarks
+
+clean:
+	rm -rf $(VENV) .prefect

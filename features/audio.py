@@ -1,0 +1,69 @@
+"""Reading audio: the one place where files become 16 kHz mono float32 arrays.
+
+Resampling and down-mixing happen here and nowhere else, so every feature set sees the same waveform for the
+same manifest row; the resampler and its quality are recorded in each feature file's provenance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    sample_rate: int = 16000
+    #: librosa/soxr resampler quality: ``soxr_hq`` (default), ``soxr_vhq``, ``soxr_mq``, ``kaiser_best``...
+    res_type: str = "soxr_hq"
+
+    def to_dict(self) -> dict:
+        return {"sample_rate": self.sample_rate, "res_type": self.res_type, "downmix": "mean"}
+
+
+def load_audio(
+    path: str | Path,
+    start: float | None = None,
+    end: float | None = None,
+    config: AudioConfig = AudioConfig(),
+) -> np.ndarray:
+    """Read ``path`` (optionally the segment ``[start, end)`` seconds) as mono float32 at ``config.sample_rate``.
+
+    Raises :class:`AudioError` naming the file for a missing, empty, unreadable or non-finite file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found (check the manifest's path column / the corpus root)")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty (0 bytes); re-copy it from the corpus or drop it from the manifest")
+    try:
+        info = sf.info(str(path))
+        sr = info.samplerate
+        i0 = 0 if start is None or start != start else max(0, int(round(float(start) * sr)))
+        i1 = -1 if end is None or end != end else int(round(float(end) * sr))
+        if i1 != -1 and i1 <= i0:
+            raise AudioError(f"{path}: segment [{start}, {end}] s is empty; fix start/end in the manifest")
+        data, sr = sf.read(str(path), start=i0, stop=None if i1 == -1 else i1, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError with terse messages
+        raise AudioError(
+            f"{path}: cannot decode audio ({e}); the file is corrupt or not a supported audio format "
+            "(WAV/FLAC/OGG) — re-export it or drop it from the manifest"
+        ) from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: no samples (zero-length audio); drop it from the manifest")
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.all(np.isfinite(wav)):
+        raise AudioError(f"{path}: contains NaN/inf samples; re-export the file as PCM and retry")
+    if sr != config.sample_rate:
+        import librosa
+
+        wav = librosa.resample(wav, orig_sr=sr, target_sr=config.sample_rate, res_type=config.res_type)
+    return np.ascontiguousarray(wav, dtype=np.float32)

@@ -1,0 +1,500 @@
+"""HDF5 feature store: one file per feature set, one dataset per utterance.
+
+Layout of ``data/features/<name>.h5``::
+
+    /                       attrs: format, extractor, extractor_version, config (JSON), config_hash, dim,
+                                   frame_shift, input ("audio"|"text"), code_version, packages (JSON),
+                                   provenance (JSON: random_weights, weights source, ...), audio (JSON), n_utts
+    /utts/<utt_id>          one array per utterance (frames × dim, tokens × dim, or dim);
+                            attrs: source_sha256 (audio checksum, or the transcript's sha256 for text features)
+
+Reads are by name (HDF5's B-tree index: constant in practice, no scan). Writes never touch the final path until
+they are complete:
+
+* each finished batch is written to its own shard ``<name>.h5.parts/<n>.h5`` (temp file + ``os.replace``), so a
+  killed run loses at most the batches in flight and a rerun resumes from the shards;
+* :meth:`FeatureWriter.commit` merges the still-valid utterances of the previous file and the shards into a temp
+  file and renames it over the final path (atomic on POSIX), then removes the shards;
+* an utterance is (re)computed only when it is missing or its source checksum or the config hash changed
+  (**incremental**); a different config hash invalidates the whole file, since one file holds one config.
+
+One writer per feature file: a second writer fails fast with :class:`StoreLockedError` instead of corrupting it.
+Readers (:class:`FeatureReader`) open lazily per process, so one reader object can be handed to several
+DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+_PARTS_SUFFIX = ".parts"
+_PACKAGES = ("emoflow", "numpy", "scipy", "librosa", "soundfile", "h5py", "torch", "transformers", "g2p_en", "gensim")
+
+
+class StoreError(RuntimeError):
+    """A feature file is missing, malformed or inconsistent; the message names the file and what to do."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing the same feature file."""
+
+
+def text_sha256(text: str | None) -> str:
+    return hashlib.sha256((text or "").encode("utf-8")).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def code_version() -> str:
+    """emoflow's version plus the git revision of the checkout when there is one (provenance only: cache keys use
+    the extractor's own ``version``, so an unrelated commit does not invalidate stored features)."""
+    version = package_versions().get("emoflow", "0+unknown")
+    try:
+        import subprocess
+
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except Exception:
+        rev = ""
+    return f"{version}+g{rev}" if rev else version
+
+
+def _check_utt_id(utt_id: str) -> str:
+    if not utt_id or "/" in utt_id or utt_id in (".", ".."):
+        raise StoreError(f"utterance id {utt_id!r} cannot be stored: ids must be non-empty and contain no '/'")
+    return utt_id
+
+
+@dataclass
+class FileMeta:
+    """The file-level attributes of a feature file (what ``emoflow features info`` prints)."""
+
+    extractor: str
+    extractor_version: str
+    config: dict[str, Any]
+    config_hash: str
+    dim: int | None
+    frame_shift: float | None
+    input: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    audio: dict[str, Any] = field(default_factory=dict)
+    code_version: str = ""
+    packages: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_extractor(cls, extractor, audio: dict[str, Any] | None = None) -> FileMeta:
+        return cls(
+            extractor=extractor.name,
+            extractor_version=str(extractor.version),
+            config=extractor.config.to_dict(),
+            config_hash=extractor.config_hash,
+            dim=extractor.dim,
+            frame_shift=extractor.frame_shift,
+            input=extractor.input,
+            provenance=dict(extractor.provenance()),
+            audio=dict(audio or {}),
+            code_version=code_version(),
+            packages=package_versions(),
+        )
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.provenance.get("random_weights", False))
+
+    def write_attrs(self, h5: h5py.File) -> None:
+        a = h5.attrs
+        a["format"] = FORMAT_VERSION
+        a["extractor"] = self.extractor
+        a["extractor_version"] = self.extractor_version
+        a["config"] = json.dumps(self.config, sort_keys=True, default=str)
+        a["config_hash"] = self.config_hash
+        a["dim"] = -1 if self.dim is None else int(self.dim)
+        a["frame_shift"] = float("nan") if self.frame_shift is None else float(self.frame_shift)
+        a["input"] = self.input
+        a["provenance"] = json.dumps(self.provenance, sort_keys=True, default=str)
+        a["random_weights"] = self.random_weights
+        a["audio"] = json.dumps(self.audio, sort_keys=True)
+        a["code_version"] = self.code_version
+        a["packages"] = json.dumps(self.packages, sort_keys=True)
+
+    @classmethod
+    def read_attrs(cls, h5: h5py.File, path: Path) -> FileMeta:
+        a = h5.attrs
+        try:
+            dim = int(a["dim"])
+            fs = float(a["frame_shift"])
+            return cls(
+                extractor=str(a["extractor"]),
+                extractor_version=str(a["extractor_version"]),
+                config=json.loads(a["config"]),
+                config_hash=str(a["config_hash"]),
+                dim=None if dim < 0 else dim,
+                frame_shift=None if fs != fs else fs,
+                input=str(a["input"]),
+                provenance=json.loads(a["provenance"]),
+                audio=json.loads(a["audio"]),
+                code_version=str(a["code_version"]),
+                packages=json.loads(a["packages"]),
+            )
+        except KeyError as e:
+            raise StoreError(
+                f"{path}: not an emoflow feature file (attribute {e} missing); delete it and run "
+                f"`dvc repro` (or `emoflow stage extract`) again"
+            ) from None
+
+
+def _open_ro(path: Path) -> h5py.File:
+    try:
+        # Files are only ever replaced by rename, never written in place, so readers need no HDF5 file lock
+        # (which also fails on read-only DVC cache links and some network file systems).
+        return h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: feature file not found; run `dvc repro extract@<name>` or `dvc pull`") from None
+    except OSError as e:
+        raise StoreError(f"{path}: unreadable HDF5 file ({e}); delete it and extract again") from None
+
+
+class FeatureReader:
+    """Read-only access to one feature file: ``reader[utt_id] -> np.ndarray``.
+
+    The HDF5 handle is opened on first access in each process (and reopened after a fork), so the reader can be
+    passed to ``torch.utils.data.DataLoader`` workers.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        self.meta = FileMeta.read_attrs(self._file(), self.path)
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = _open_ro(self.path)
+            self._pid = os.getpid()
+        return self._h5
+
+    def _utts(self) -> h5py.Group:
+        f = self._file()
+        if "utts" not in f:
+            raise StoreError(f"{self.path}: no /utts group; the file is incomplete — delete it and extract again")
+        return f["utts"]
+
+    def __getitem__(self, utt_id: str) -> np.ndarray:
+        try:
+            return self._utts()[utt_id][()]
+        except KeyError:
+            raise KeyError(f"{utt_id!r} is not in {self.path} (re-run extraction for the current manifest)") from None
+
+    def __contains__(self, utt_id: object) -> bool:
+        return isinstance(utt_id, str) and utt_id in self._utts()
+
+    def __len__(self) -> int:
+        return len(self._utts())
+
+    def keys(self) -> list[str]:
+        return list(self._utts().keys())
+
+    def source_sha256(self, utt_id: str) -> str:
+        return str(self._utts()[utt_id].attrs["source_sha256"])
+
+    def checksums(self) -> dict[str, str]:
+        return {k: str(d.attrs["source_sha256"]) for k, d in self._utts().items()}
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_h5"] = None  # handles never cross process boundaries
+        state["_pid"] = None
+        return state
+
+    def __enter__(self) -> FeatureReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _write_array(group: h5py.Group, utt_id: str, array: np.ndarray, source_sha256: str) -> None:
+    array = np.asarray(array)
+    if array.dtype == object:
+        raise StoreError(f"{utt_id}: extractor returned an object array; features must be numeric arrays")
+    ds = group.create_dataset(_check_utt_id(utt_id), data=array)
+    ds.attrs["source_sha256"] = source_sha256
+
+
+class FeatureWriter:
+    """Incremental, resumable, atomic writer for one feature file.
+
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> meta = FileMeta("demo", "1", {"a": 1}, "h1", 2, 0.01, "audio")
+    >>> out = Path(tempfile.mkdtemp()) / "demo.h5"
+    >>> with FeatureWriter(out, meta) as w:
+    ...     todo = w.plan({"u1": "sha-a", "u2": "sha-b"})
+    ...     w.write_batch({u: np.zeros((3, 2), np.float32) for u in todo}, {"u1": "sha-a", "u2": "sha-b"})
+    ...     w.commit({"u1": "sha-a", "u2": "sha-b"})
+    >>> sorted(FeatureReader(out).keys()), sorted(todo)
+    (['u1', 'u2'], ['u1', 'u2'])
+    """
+
+    def __init__(self, path: str | Path, meta: FileMeta):
+        self.path = Path(path)
+        self.meta = meta
+        self.parts_dir = self.path.with_name(self.path.name + _PARTS_SUFFIX)
+        self._lock_fd: int | None = None
+        self._reused: dict[str, str] = {}  # utt_id -> checksum already valid in the final file
+        self._in_parts: dict[str, tuple[Path, str]] = {}  # utt_id -> (shard, checksum)
+        self._next_part = 0
+
+    # --- locking ---------------------------------------------------------------------------
+    def __enter__(self) -> FeatureWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(
+                f"{self.path}: another process is writing this feature file (lock {lock_path}); wait for it to "
+                "finish — two writers on one feature file are refused so that neither corrupts it"
+            ) from None
+        self._lock_fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.with_name(self.path.name + ".lock").unlink()
+
+    # --- planning --------------------------------------------------------------------------
+    def plan(self, wanted: dict[str, str]) -> list[str]:
+        """Given ``{utt_id: source_sha256}`` for the current manifest, return the utterances to compute:
+        those neither in the final file nor in a finished shard with the same checksum and config hash."""
+        if self._lock_fd is None:
+            raise RuntimeError("use FeatureWriter as a context manager (it holds the file's write lock)")
+        self._reused = {}
+        if self.path.exists():
+            try:
+                with _open_ro(self.path) as f:
+                    old = FileMeta.read_attrs(f, self.path)
+                    if old.config_hash == self.meta.config_hash and "utts" in f:
+                        for k, d in f["utts"].items():
+                            sha = str(d.attrs.get("source_sha256", ""))
+                            if wanted.get(k) == sha:
+                                self._reused[k] = sha
+            except StoreError:
+                # An unreadable final file is recomputed, never patched; it is only replaced at commit.
+                self._reused = {}
+        self._scan_parts(wanted)
+        done = set(self._reused) | set(self._in_parts)
+        return [u for u in wanted if u not in done]
+
+    def _scan_parts(self, wanted: dict[str, str]) -> None:
+        self._in_parts = {}
+        if not self.parts_dir.is_dir():
+            return
+        for shard in sorted(self.parts_dir.glob("*.h5")):
+            try:
+                with _open_ro(shard) as f:
+                    if str(f.attrs.get("config_hash", "")) != self.meta.config_hash:
+                        continue
+                    for k, d in f["utts"].items():
+                        sha = str(d.attrs["source_sha256"])
+                        if wanted.get(k) == sha and k not in self._reused:
+                            self._in_parts[k] = (shard, sha)
+            except (StoreError, KeyError, OSError):
+                continue  # a shard that did not finish is ignored (it is deleted at commit)
+            self._next_part = max(self._next_part, int(shard.stem) + 1 if shard.stem.isdigit() else 0)
+
+    @property
+    def n_resumed(self) -> int:
+        return len(self._in_parts)
+
+    @property
+    def n_reused(self) -> int:
+        return len(self._reused)
+
+    # --- writing ---------------------------------------------------------------------------
+    def write_batch(self, arrays: dict[str, np.ndarray], checksums: dict[str, str]) -> Path:
+        """Persist one finished batch as its own shard (atomic); survives a kill of the process."""
+        if not arrays:
+            return self.parts_dir
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        shard = self.parts_dir / f"{self._next_part:06d}.h5"
+        self._next_part += 1
+        tmp = shard.with_suffix(f".tmp{os.getpid()}")
+        with h5py.File(tmp, "w", locking=False) as f:
+            f.attrs["config_hash"] = self.meta.config_hash
+            g = f.create_group("utts")
+            for utt_id, arr in arrays.items():
+                _write_array(g, utt_id, arr, checksums[utt_id])
+        _fsync(tmp)
+        os.replace(tmp, shard)
+        for utt_id in arrays:
+            self._in_parts[utt_id] = (shard, checksums[utt_id])
+        return shard
+
+    def commit(self, wanted: dict[str, str]) -> dict[str, int]:
+        """Merge previous file + shards into a new file holding exactly ``wanted``; atomically replace the final
+        path; remove the shards. Raises if any wanted utterance has not been computed."""
+        missing = [u for u in wanted if u not in self._reused and u not in self._in_parts]
+        if missing:
+            raise StoreError(
+                f"{self.path}: {len(missing)} utterance(s) not computed yet (e.g. {missing[:3]}); "
+                "the finished batches are kept — rerun the extraction to complete the file"
+            )
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w", locking=False) as out:
+                self.meta.write_attrs(out)
+                g = out.create_group("utts")
+                if self._reused:
+                    with _open_ro(self.path) as old:
+                        for utt_id in sorted(self._reused):
+                            if utt_id in wanted:
+                                old.copy(old["utts"][utt_id], g, name=utt_id)
+                by_shard: dict[Path, list[str]] = {}
+                for utt_id, (shard, _) in self._in_parts.items():
+                    if utt_id in wanted and utt_id not in self._reused:
+                        by_shard.setdefault(shard, []).append(utt_id)
+                for shard, utts in sorted(by_shard.items()):
+                    with _open_ro(shard) as f:
+                        for utt_id in sorted(utts):
+                            f.copy(f["utts"][utt_id], g, name=utt_id)
+                out.attrs["n_utts"] = len(g)
+            _fsync(tmp)
+            os.replace(tmp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        stats = {"total": len(wanted), "reused": len(self._reused), "computed": len(wanted) - len(self._reused)}
+        return stats
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- inspection (``emoflow features ls | info | verify``) ---------------------------------------------------
+
+
+def list_feature_files(directory: str | Path) -> list[Path]:
+    return sorted(Path(directory).glob("*.h5"))
+
+
+def info(path: str | Path) -> dict[str, Any]:
+    r = FeatureReader(path)
+    try:
+        m = r.meta
+        shapes = [r._utts()[k].shape for k in r.keys()[:1]]
+        return {
+            "path": str(r.path),
+            "extractor": m.extractor,
+            "extractor_version": m.extractor_version,
+            "config_hash": m.config_hash,
+            "config": m.config,
+            "dim": m.dim,
+            "frame_shift": m.frame_shift,
+            "input": m.input,
+            "n_utts": len(r),
+            "example_shape": list(shapes[0]) if shapes else None,
+            "random_weights": m.random_weights,
+            "provenance": m.provenance,
+            "audio": m.audio,
+            "code_version": m.code_version,
+            "packages": m.packages,
+            "size_bytes": r.path.stat().st_size,
+        }
+    finally:
+        r.close()
+
+
+def verify(path: str | Path, expected: dict[str, str] | None = None) -> list[str]:
+    """Check a feature file without recomputing anything. Returns a list of problems (empty = OK).
+
+    Checks the file-level attributes, every array (numeric, finite, last dimension = ``dim``), and — when
+    ``expected`` (``{utt_id: source_sha256}`` from the manifest) is given — that the file holds exactly those
+    utterances with matching checksums.
+    """
+    problems: list[str] = []
+    try:
+        r = FeatureReader(path)
+    except StoreError as e:
+        return [str(e)]
+    try:
+        dim = r.meta.dim
+        for utt_id, ds in r._utts().items():
+            if not isinstance(ds, h5py.Dataset):
+                problems.append(f"{utt_id}: not a dataset")
+                continue
+            if "source_sha256" not in ds.attrs:
+                problems.append(f"{utt_id}: no source_sha256 attribute")
+            if not np.issubdtype(ds.dtype, np.number):
+                problems.append(f"{utt_id}: non-numeric dtype {ds.dtype}")
+                continue
+            if dim is not None and ds.ndim >= 1 and ds.shape[-1] != dim and ds.size:
+                problems.append(f"{utt_id}: last dimension {ds.shape[-1]} != dim {dim}")
+            arr = ds[()]
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                problems.append(f"{utt_id}: contains NaN/inf")
+        if expected is not None:
+            have = r.checksums()
+            missing = sorted(set(expected) - set(have))
+            extra = sorted(set(have) - set(expected))
+            stale = sorted(u for u in set(expected) & set(have) if expected[u] != have[u])
+            if missing:
+                problems.append(f"{len(missing)} manifest utterance(s) missing, e.g. {missing[:3]}")
+            if extra:
+                problems.append(f"{len(extra)} utterance(s) not in the manifest, e.g. {extra[:3]}")
+            if stale:
+                problems.append(f"{len(stale)} utterance(s) computed from different audio/text, e.g. {stale[:3]}")
+    finally:
+        r.close()
+    return problems
+
+
+def iter_batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), max(1, size)):
+        yield items[i : i + size]
+
+
+def read_many(reader: FeatureReader, utt_ids: Iterable[str]) -> dict[str, np.ndarray]:
+    return {u: reader[u] for u in utt_ids}

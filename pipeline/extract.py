@@ -1,0 +1,192 @@
+"""The extract stage: manifest rows → one HDF5 feature file, incrementally, in parallel, resumably.
+
+This is the I/O edge around a pure extractor: it reads audio (or transcripts) named by the manifest, hands them to
+the extractor in batches (across ``jobs`` processes for CPU extractors, one batched process for model-based ones),
+and writes each finished batch through :class:`features.store.FeatureWriter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.audio import AudioConfig, AudioError, load_audio
+from features.base import Extractor, get_extractor
+from features.store import FeatureWriter, FileMeta, StoreError, text_sha256
+
+log = logging.getLogger("emoflow.extract")
+
+
+class ExtractionError(RuntimeError):
+    """An utterance could not be extracted; finished batches are kept for the rerun."""
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    total: int
+    computed: int
+    reused: int
+    resumed: int
+    seconds: float
+
+
+def source_checksums(extractor: Extractor, manifest: pd.DataFrame) -> dict[str, str]:
+    """Per-utterance content key of the extractor's input: the audio checksum, or the transcript's sha256."""
+    if extractor.input == "text":
+        return {u: text_sha256(t) for u, t in zip(manifest["utt_id"], manifest["transcript"].fillna(""))}
+    return dict(zip(manifest["utt_id"], manifest["audio_sha256"]))
+
+
+def _load_input(extractor: Extractor, row: dict, audio_root: Path, audio_cfg: AudioConfig) -> Any:
+    if extractor.input == "text":
+        return row.get("transcript") or ""
+    path = Path(row["path"])
+    if not path.is_absolute():
+        path = audio_root / path
+    return load_audio(path, row.get("start"), row.get("end"), audio_cfg)
+
+
+def _compute(extractor: Extractor, rows: list[dict], audio_root: Path, audio_cfg: AudioConfig) -> dict[str, np.ndarray]:
+    inputs = []
+    for row in rows:
+        inputs.append(_load_input(extractor, row, audio_root, audio_cfg))
+    try:
+        outputs = extractor.extract_batch(inputs, audio_cfg.sample_rate)
+    except Exception as e:
+        raise ExtractionError(
+            f"{extractor.name}: failed on a batch starting at {rows[0]['utt_id']} ({type(e).__name__}: {e})"
+        ) from e
+    result = {}
+    for row, arr in zip(rows, outputs):
+        arr = np.asarray(arr)
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise ExtractionError(
+                f"{extractor.name}: non-finite values for {row['utt_id']} ({row.get('path')}); "
+                "check the audio (clipping/NaN) or report the extractor bug"
+            )
+        result[row["utt_id"]] = arr
+    return result
+
+
+# Worker-process state: each worker builds its extractor once (lazy models load once per process).
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(name: str, config: dict, audio_root: str, audio_cfg: AudioConfig) -> None:
+    _WORKER["extractor"] = get_extractor(name, **config)
+    _WORKER["audio_root"] = Path(audio_root)
+    _WORKER["audio_cfg"] = audio_cfg
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # one core per worker; the pool provides the parallelism
+    except ImportError:
+        pass
+
+
+def _worker_compute(rows: list[dict]) -> dict[str, np.ndarray]:
+    return _compute(_WORKER["extractor"], rows, _WORKER["audio_root"], _WORKER["audio_cfg"])
+
+
+def extract_features(
+    extractor: Extractor,
+    manifest: pd.DataFrame,
+    out_path: str | Path,
+    *,
+    audio_root: str | Path = ".",
+    audio: AudioConfig = AudioConfig(),
+    jobs: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ExtractResult:
+    """Bring ``out_path`` up to date with ``manifest`` for ``extractor``; return what was done.
+
+    Only utterances that are new or whose source checksum changed are computed (all of them if the config
+    changed). On an error the batches already finished stay on disk and the next call resumes from them.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    audio_root = Path(audio_root)
+    wanted = source_checksums(extractor, manifest)
+    meta = FileMeta.from_extractor(extractor, audio=audio.to_dict())
+    rows_by_id = {r["utt_id"]: r for r in manifest.to_dict("records")}
+    jobs = (os.cpu_count() or 1) if jobs is None or jobs <= 0 else jobs
+    if not extractor.parallel_safe:
+        jobs = 1
+
+    with FeatureWriter(out_path, meta) as writer:
+        todo = writer.plan(wanted)
+        resumed, reused = writer.n_resumed, writer.n_reused
+        log.info("%s: %d utterances, %d to compute (%d reused, %d resumed from a killed run)",
+                 extractor.name, len(wanted), len(todo), reused, resumed)
+        batches = [[rows_by_id[u] for u in todo[i : i + batch_size]] for i in range(0, len(todo), batch_size)]
+        bar = _progress(len(todo), extractor.name, progress)
+        try:
+            if jobs == 1 or len(batches) <= 1:
+                for rows in batches:
+                    arrays = _compute(extractor, rows, audio_root, audio)
+                    writer.write_batch(arrays, {u: wanted[u] for u in arrays})
+                    bar.update(len(rows))
+            else:
+                _run_pool(extractor, batches, writer, wanted, audio_root, audio, jobs, bar)
+        finally:
+            bar.close()
+        stats = writer.commit(wanted)
+    return ExtractResult(out_path, stats["total"], len(todo), reused, resumed, time.perf_counter() - t0)
+
+
+def _run_pool(extractor, batches, writer, wanted, audio_root, audio, jobs, bar) -> None:
+    # Keep at most 2 batches per worker in flight so a kill loses little, and write in completion order.
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn" if os.environ.get("EMOFLOW_MP_START") == "spawn" else "forkserver")
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(extractor.name, extractor.config.to_dict(), str(audio_root), audio),
+    ) as pool:
+        pending = set()
+        it = iter(batches)
+        for rows in it:
+            pending.add(pool.submit(_worker_compute, rows))
+            if len(pending) >= 2 * jobs:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                arrays = fut.result()  # re-raises the worker's ExtractionError/AudioError with its message
+                writer.write_batch(arrays, {u: wanted[u] for u in arrays})
+                bar.update(len(arrays))
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.add(pool.submit(_worker_compute, nxt))
+
+
+class _NoBar:
+    def update(self, n: int) -> None:  # noqa: D401
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, name: str, enabled: bool):
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"extract {name}", unit="utt", dynamic_ncols=True)
+
+
+__all__ = ["extract_features", "ExtractResult", "ExtractionError", "AudioError", "StoreError", "source_checksums"]
