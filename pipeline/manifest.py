@@ -1,0 +1,245 @@
+"""The utterance manifest: one row per utterance, the contract between corpora and everything downstream.
+
+Columns (see DESIGN.md), in this order:
+
+========== ======== ==========================================================================
+column     dtype    meaning
+========== ======== ==========================================================================
+utt_id     str      unique, non-empty
+path       str      audio file, POSIX, relative to the corpus root (absolute only when the file
+                    lies outside the root)
+start      float64  segment start in seconds, NaN = whole file
+end        float64  segment end in seconds, NaN = whole file (both NaN or both finite)
+duration   float64  seconds (> 0)
+label      str      non-empty class label (after the corpus' label map)
+speaker    str      may be "" (speaker plans then refuse the manifest)
+session    str      may be "" (session plans then refuse the manifest)
+gender     str      "F", "M" or "" (unknown)
+subset     str      "improvised", "scripted" or ""
+transcript str      may be ""
+audio_sha256 str    sha256 of the file bytes; for a segment, of the bytes + ``f"{start:.4f}-{end:.4f}"``
+========== ======== ==========================================================================
+
+Extra columns are allowed and preserved after these (e.g. a corpus' valence/arousal).
+The Parquet file is written atomically, rows sorted by ``utt_id``, with no pandas metadata, so the same
+content always gives the same bytes (DVC then sees no change when nothing changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+
+STR_COLUMNS = ("utt_id", "path", "label", "speaker", "session", "gender", "subset", "transcript", "audio_sha256")
+FLOAT_COLUMNS = ("start", "end", "duration")
+COLUMNS = (
+    "utt_id",
+    "path",
+    "start",
+    "end",
+    "duration",
+    "label",
+    "speaker",
+    "session",
+    "gender",
+    "subset",
+    "transcript",
+    "audio_sha256",
+)
+#: Columns that may hold "" (and where a missing value is read as "").
+OPTIONAL_TEXT = ("speaker", "session", "gender", "subset", "transcript")
+GENDERS = ("F", "M", "")
+SUBSETS = ("improvised", "scripted", "")
+
+_CHUNK = 1 << 20
+
+
+class ManifestError(ValueError):
+    """A manifest (or the corpus behind it) that cannot be used; the message names the file/column and the fix."""
+
+
+class MissingAudioError(ManifestError, FileNotFoundError):
+    """An audio file named by a manifest or label file does not exist."""
+
+
+def _examples(values: Iterable, k: int = 5) -> str:
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:k])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > k else "")
+
+
+def _is_nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def audio_checksum(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> str:
+    """sha256 (hex) of the file's bytes, read in 1 MiB chunks; for a segment the bytes + ``f"{start:.4f}-{end:.4f}"``.
+
+    ``start``/``end`` None or NaN mean the whole file; giving only one of them is an error.
+    Raises :class:`MissingAudioError` (a ``FileNotFoundError``) naming the path when the file does not exist.
+    """
+    path = Path(path)
+    whole_s, whole_e = _is_nan(start), _is_nan(end)
+    if whole_s != whole_e:
+        raise ManifestError(
+            f"{path}: segment has start={start!r} but end={end!r}; give both (seconds) or neither (whole file)"
+        )
+    if not path.is_file():
+        raise MissingAudioError(
+            f"{path}: audio file not found; check the corpus root and the manifest's path column"
+        )
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    if not whole_s:
+        h.update(f"{float(start):.4f}-{float(end):.4f}".encode())
+    return h.hexdigest()
+
+
+def validate_manifest(df: pd.DataFrame, source: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Check ``df`` against the manifest schema; return a normalised copy (canonical column order and dtypes).
+
+    Missing optional text (``speaker``, ``session``, ``gender``, ``subset``, ``transcript``) becomes "".
+    Raises :class:`ManifestError` naming ``source`` (a file or adapter name), the column and what to do.
+    """
+    where = f"{source}: " if source is not None else "manifest: "
+    if not isinstance(df, pd.DataFrame):
+        raise ManifestError(f"{where}expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(
+            f"{where}missing column(s) {missing}; a manifest needs {list(COLUMNS)} "
+            "(rebuild it with `build_manifest`/the manifest stage)"
+        )
+    if df.columns.duplicated().any():
+        raise ManifestError(f"{where}duplicate column names {_examples(df.columns[df.columns.duplicated()])}")
+    out = df.reset_index(drop=True).copy()
+
+    for c in STR_COLUMNS:
+        col = out[c]
+        null = col.isna()
+        if c in OPTIONAL_TEXT:
+            col = col.where(~null, "")
+        elif null.any():
+            raise ManifestError(
+                f"{where}column {c!r} has {int(null.sum())} missing value(s) "
+                f"(e.g. rows {_examples(np.flatnonzero(null.to_numpy()))}); fill them in"
+            )
+        non_str = [v for v in col if not isinstance(v, str)]
+        if non_str:
+            raise ManifestError(f"{where}column {c!r} must hold strings; found {_examples(non_str)}")
+        out[c] = pd.array(list(col), dtype=object)
+
+    for c in FLOAT_COLUMNS:
+        try:
+            out[c] = pd.to_numeric(out[c], errors="raise").astype("float64")
+        except (ValueError, TypeError) as e:
+            raise ManifestError(f"{where}column {c!r} must be numeric seconds ({e})") from None
+
+    def bad(mask, msg):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            ids = out.loc[mask, "utt_id"].tolist()
+            raise ManifestError(f"{where}{msg}: {_examples(ids)}")
+
+    bad(out["utt_id"].str.len() == 0, "empty utt_id in row(s) with ids")
+    dup = out["utt_id"][out["utt_id"].duplicated()].unique().tolist()
+    if dup:
+        raise ManifestError(
+            f"{where}duplicate utt_id(s) {_examples(dup)}; utterance ids must be unique "
+            "(add/fix an utt_id column)"
+        )
+    bad(out["path"].str.len() == 0, "empty path for utterance(s)")
+    bad(out["label"].str.strip().str.len() == 0, "empty label for utterance(s) (label them or drop the rows)")
+    s_nan, e_nan = out["start"].isna().to_numpy(), out["end"].isna().to_numpy()
+    bad(s_nan != e_nan, "start and end must both be set or both be NaN (whole file) for utterance(s)")
+    seg = ~s_nan & ~e_nan
+    bad(seg & ~np.isfinite(out["start"].to_numpy()), "non-finite start for utterance(s)")
+    bad(seg & ~np.isfinite(out["end"].to_numpy()), "non-finite end for utterance(s)")
+    bad(seg & (out["start"].to_numpy() < 0), "negative start for utterance(s)")
+    bad(seg & ~(out["end"].to_numpy() > out["start"].to_numpy()), "end <= start for utterance(s)")
+    dur = out["duration"].to_numpy()
+    bad(~(np.isfinite(dur) & (dur > 0)), "duration must be finite and > 0 seconds for utterance(s)")
+    bad(~out["gender"].isin(GENDERS), f"gender must be one of {GENDERS} for utterance(s)")
+    bad(~out["subset"].isin(SUBSETS), f"subset must be one of {SUBSETS} for utterance(s)")
+    bad(~out["audio_sha256"].str.fullmatch(r"[0-9a-f]{64}"), "audio_sha256 is not a sha256 hex digest for utterance(s)")
+
+    extras = [c for c in out.columns if c not in COLUMNS]
+    return out[list(COLUMNS) + extras]
+
+
+def label_counts(manifest: pd.DataFrame) -> dict[str, int]:
+    """Utterances per label, labels sorted."""
+    counts = manifest["label"].value_counts()
+    return {str(k): int(counts[k]) for k in sorted(counts.index)}
+
+
+def sort_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the canonical order (by ``utt_id``), index reset."""
+    return df.sort_values("utt_id", kind="stable").reset_index(drop=True)
+
+
+def _to_table(df: pd.DataFrame, metadata: dict[str, str]) -> pa.Table:
+    arrays, fields = [], []
+    for c in df.columns:
+        if c in STR_COLUMNS:
+            arr = pa.array(df[c].tolist(), type=pa.string())
+        elif c in FLOAT_COLUMNS:
+            # from numpy: NaN stays a NaN value (not a null), so it round-trips exactly
+            arr = pa.array(df[c].to_numpy(dtype="float64"), type=pa.float64())
+        else:
+            arr = pa.Array.from_pandas(df[c])
+        arrays.append(arr)
+        fields.append(pa.field(str(c), arr.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
+def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write ``table`` to Parquet at ``path`` via a temp file in the same folder + ``os.replace``.
+
+    Either the old file or the complete new one is at ``path``, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Validate ``df``, sort by ``utt_id`` and write it atomically as Parquet. Same content → same bytes."""
+    out = sort_manifest(validate_manifest(df, source=path))
+    return atomic_write_table(_to_table(out, {"emoflow.manifest.schema": SCHEMA_VERSION}), path)
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a manifest Parquet file; raises :class:`ManifestError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; build it first (the `manifest` stage / `build_manifest`)")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError with terse messages
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({e}); rebuild it") from None
+    df = table.to_pandas()
+    return validate_manifest(df, source=path)
