@@ -376,6 +376,11 @@ class FeatureWriter:
                 f"{self.path}: {len(missing)} utterance(s) not computed yet (e.g. {missing[:3]}); "
                 "the finished batches are kept — rerun the extraction to complete the file"
             )
+        if not self._in_parts and set(self._reused) == set(wanted) and self._file_is_exact(wanted):
+            # Nothing changed: keep the file (and its provenance: the code that computed it) byte for byte,
+            # so DVC sees the same output and downstream stages stay cached.
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            return {"total": len(wanted), "reused": len(wanted), "computed": 0}
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         try:
             with h5py.File(tmp, "w", locking=False) as out:
@@ -403,6 +408,11 @@ class FeatureWriter:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         stats = {"total": len(wanted), "reused": len(self._reused), "computed": len(wanted) - len(self._reused)}
         return stats
+
+
+    def _file_is_exact(self, wanted: dict[str, str]) -> bool:
+        with _open_ro(self.path) as f:
+            return len(f["utts"]) == len(wanted)
 
 
 def _fsync(path: Path) -> None:

@@ -97,7 +97,9 @@ def test_round_trip_and_provenance(corpus):
 def test_incremental_only_changed_utterances(corpus):
     run(corpus)
     FrameRms.calls = []
+    first = (corpus[0] / "feat.h5").read_bytes()
     again = run(corpus)
+    assert (corpus[0] / "feat.h5").read_bytes() == first  # a no-op run leaves the file byte-identical
     assert again.computed == 0 and again.reused == 12 and FrameRms.calls == []
     before = FeatureReader(again.path)["u05"].copy()
 

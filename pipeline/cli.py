@@ -1,0 +1,213 @@
+"""``emoflow`` command line: a thin layer that turns options into one library call each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline import stages
+
+app = typer.Typer(help="emoflow: versioned SER features (DVC + HDF5) and reproducible training (Prefect).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+stage_app = typer.Typer(help="DVC stage entry points (called from dvc.yaml).", no_args_is_help=True)
+features_app = typer.Typer(help="Inspect the feature store.", no_args_is_help=True)
+models_app = typer.Typer(help="The registered models.", no_args_is_help=True)
+app.add_typer(stage_app, name="stage")
+app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
+
+PARAMS = typer.Option("params.yaml", "--params", help="params.yaml to read")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _run(fn, *args, **kwargs):
+    """Run a stage; turn the project's own errors (which name the file/key and the fix) into one red line."""
+    from features.audio import AudioError
+    from features.store import StoreError
+    from pipeline.params import ParamsError
+
+    known: tuple[type[BaseException], ...] = (ParamsError, AudioError, StoreError, FileNotFoundError, KeyError)
+    try:
+        from pipeline.extract import ExtractionError
+        from pipeline.manifest import ManifestError
+
+        known += (ManifestError, ExtractionError)
+    except ImportError:  # pragma: no cover - partial checkouts
+        pass
+    try:
+        return fn(*args, **kwargs)
+    except known as e:
+        _fail(e)
+    except ValueError as e:  # unknown feature/model/plan/dataset names raise ValueError with the known names
+        _fail(e)
+
+
+# --- stages -------------------------------------------------------------------------------------------------
+@stage_app.command("demo-data")
+def stage_demo_data(out: Path = typer.Option(..., "--out"), models_out: Optional[Path] = typer.Option(None),
+                    params: Path = PARAMS):
+    """Generate the synthetic demo corpus (+ tiny random-weight encoders for offline demo features)."""
+    _run(stages.demo_data, params, out, models_out)
+
+
+@stage_app.command("manifest")
+def stage_manifest(out: Path = typer.Option(..., "--out"), params: Path = PARAMS):
+    """Build data/manifest.parquet from params.yaml: dataset."""
+    _run(stages.manifest, params, out)
+
+
+@stage_app.command("folds")
+def stage_folds(plan: str = typer.Option(..., "--plan"), manifest: Path = typer.Option(..., "--manifest"),
+                out: Path = typer.Option(..., "--out"), params: Path = PARAMS):
+    """Write one fold plan to data/folds/<plan>.parquet."""
+    _run(stages.folds, params, plan, manifest, out)
+
+
+@stage_app.command("extract")
+def stage_extract(feature: str = typer.Option(..., "--feature"), manifest: Path = typer.Option(..., "--manifest"),
+                  out: Path = typer.Option(..., "--out"), jobs: Optional[int] = typer.Option(None, "--jobs",
+                  help="worker processes (default: params extract.jobs; 0 = all cores)"),
+                  progress: bool = typer.Option(True), params: Path = PARAMS):
+    """Extract one feature set into data/features/<feature>.h5 (incremental, resumable)."""
+    _run(stages.extract, params, feature, manifest, out, jobs=jobs, progress=progress)
+
+
+@stage_app.command("train")
+def stage_train(model: str = typer.Option(..., "--model"), manifest: Path = typer.Option(..., "--manifest"),
+                folds_dir: Path = typer.Option(..., "--folds-dir"),
+                features_dir: Path = typer.Option(..., "--features-dir"), out: Path = typer.Option(..., "--out"),
+                device: Optional[str] = typer.Option(None, help="auto|cpu|cuda (default: params train.device)"),
+                params: Path = PARAMS):
+    """Cross-validate one model on its paper's fold plan (runs the Prefect flow)."""
+    kw = {"device": device} if device else {}
+    _run(stages.train, params, model, manifest, folds_dir, features_dir, out, **kw)
+
+
+@stage_app.command("report")
+def stage_report(results: Path = typer.Option(..., "--results"), out: Path = typer.Option(..., "--out"),
+                 params: Path = PARAMS):
+    """Write results/report.md: every model next to its paper."""
+    _run(stages.report, params, results, out)
+
+
+# --- top-level conveniences ---------------------------------------------------------------------------------
+@app.command("demo-data")
+def demo_data(out: Path = typer.Option(Path("data/demo_corpus"), "--out"), params: Path = PARAMS):
+    """Generate the demo corpus only (deterministic from params.yaml: demo.seed)."""
+    _run(stages.demo_data, params, out, None)
+
+
+@app.command("demo")
+def demo(stage: Optional[str] = typer.Argument(None, help="a dvc.yaml stage to reproduce (default: all)")):
+    """Run the whole pipeline on the demo corpus: `dvc repro` with analytics off."""
+    ensure_dvc()
+    cmd = ["dvc", "repro"] + ([stage] if stage else [])
+    typer.echo("$ " + " ".join(cmd))
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def ensure_dvc() -> None:
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    if not Path(".dvc").is_dir():
+        subprocess.check_call(["dvc", "init", "-q"] + ([] if Path(".git").exists() else ["--no-scm"]))
+    subprocess.check_call(["dvc", "config", "core.analytics", "false"])
+
+
+# --- features -----------------------------------------------------------------------------------------------
+FEATURES_DIR = typer.Option(Path("data/features"), "--dir", help="feature store directory")
+
+
+@features_app.command("ls")
+def features_ls(directory: Path = FEATURES_DIR, as_json: bool = typer.Option(False, "--json")):
+    """List feature files: extractor, utterances, dim, config hash, size, random-weight flag."""
+    from features.store import info, list_feature_files
+
+    rows = []
+    for p in list_feature_files(directory):
+        try:
+            i = info(p)
+            rows.append({k: i[k] for k in ("extractor", "n_utts", "dim", "example_shape", "config_hash",
+                                          "random_weights", "size_bytes")} | {"path": str(p)})
+        except Exception as e:  # a broken file is listed, not hidden
+            rows.append({"path": str(p), "error": str(e)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no feature files in {directory} (run `dvc repro` or `dvc pull`)")
+    for r in rows:
+        if "error" in r:
+            typer.echo(f"{r['path']}: ERROR {r['error']}")
+            continue
+        flag = "  RANDOM WEIGHTS" if r["random_weights"] else ""
+        typer.echo(f"{r['extractor']:<12} {r['n_utts']:>6} utts  dim {str(r['dim']):>5}  "
+                   f"e.g. {r['example_shape']}  {r['config_hash'][:12]}  {r['size_bytes'] / 1e6:8.1f} MB{flag}")
+
+
+@features_app.command("info")
+def features_info(name: str, directory: Path = FEATURES_DIR):
+    """Print one feature file's provenance (extractor, config, hash, versions, random-weight flag)."""
+    from features.store import info
+
+    path = Path(name) if name.endswith(".h5") else directory / f"{name}.h5"
+    i = _run(info, path)
+    if i["random_weights"]:
+        typer.secho("WARNING: computed with RANDOM (untrained) encoder weights — for pipeline tests only, "
+                    "not for results", fg="yellow")
+    typer.echo(json.dumps(i, indent=2, default=str))
+
+
+@features_app.command("verify")
+def features_verify(name: str, directory: Path = FEATURES_DIR,
+                    manifest: Path = typer.Option(Path("data/manifest.parquet"), "--manifest")):
+    """Check structure, checksums against the manifest, and NaN/inf. Recomputes nothing."""
+    from features import extractor_class
+    from features.store import FeatureReader, verify
+    from pipeline.extract import source_checksums
+    from pipeline.manifest import read_manifest
+
+    path = Path(name) if name.endswith(".h5") else directory / f"{name}.h5"
+    expected = None
+    if manifest.is_file():
+        r = _run(FeatureReader, path)
+        ex = extractor_class(r.meta.extractor)(extractor_class(r.meta.extractor).Config())
+        expected = source_checksums(ex, read_manifest(manifest))
+        r.close()
+    problems = verify(path, expected)
+    if problems:
+        for p in problems:
+            typer.secho(f"{path}: {p}", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{path}: OK" + (f" (matches {manifest})" if expected is not None else ""))
+
+
+# --- models -------------------------------------------------------------------------------------------------
+@models_app.command("ls")
+def models_ls(as_json: bool = typer.Option(False, "--json")):
+    """List registered models with parameter counts, inputs and fold plan."""
+    import models
+
+    rows = models.describe_models()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        typer.echo(f"{r['name']:<24} {r['params'] / 1e6:8.2f} M params  inputs {r['inputs']}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,138 @@
+"""DVC stage entry points: each reads its ``params.yaml`` section, takes its paths from ``dvc.yaml``, and makes one
+library call. Nothing here computes anything itself."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.params import ParamsError, expect, load_params, section
+
+log = logging.getLogger("emoflow.stages")
+
+
+def _say(msg: str) -> None:
+    print(f"[emoflow] {msg}", flush=True)
+
+
+def demo_data(params_path: str | Path, out: str | Path, models_out: str | Path | None = None) -> None:
+    """Generate the synthetic demo corpus (and the tiny random-weight encoders the demo uses offline)."""
+    import dataclasses
+
+    from pipeline.demo_corpus import DemoCorpusConfig, generate_demo_corpus
+
+    params = load_params(params_path)
+    raw = dict(section(params, "demo", default={}) or {})
+    models_seed = raw.pop("models_seed", 0)
+    known = {f.name for f in dataclasses.fields(DemoCorpusConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParamsError(f"{params_path}: demo: unknown key(s) {unknown}; known: {sorted(known)}")
+    t0 = time.perf_counter()
+    df = generate_demo_corpus(out, **raw)
+    counts = df["label"].value_counts().sort_index().to_dict()
+    _say(f"demo corpus: {len(df)} utterances, {df['speaker'].nunique()} speakers, "
+         f"{df['session'].nunique()} sessions, classes {counts} → {out} ({time.perf_counter() - t0:.1f} s)")
+    if models_out is not None:
+        from features.pretrained import build_tiny_model
+
+        for kind in ("wav2vec2", "roberta"):
+            path = Path(models_out) / f"tiny-{kind}"
+            build_tiny_model(kind, path, seed=models_seed)
+            _say(f"tiny {kind} with RANDOM weights (demo only) → {path}")
+
+
+def manifest(params_path: str | Path, out: str | Path) -> None:
+    from pipeline.corpora import build_manifest
+    from pipeline.manifest import write_manifest
+
+    params = load_params(params_path)
+    ds = section(params, "dataset")
+    name = expect(section(ds, "name", source="params.yaml: dataset"), str, "dataset.name")
+    root = expect(section(ds, "root", source="params.yaml: dataset"), str, "dataset.root")
+    options = ds.get("options") or {}
+    expect(options, dict, "dataset.options")
+    t0 = time.perf_counter()
+    df = build_manifest(name, root, **options)
+    write_manifest(df, out)
+    counts = df["label"].value_counts().sort_index().to_dict()
+    _say(f"manifest: {name} at {root}: {len(df)} utterances, {df['speaker'].nunique()} speakers, "
+         f"classes {counts} → {out} ({time.perf_counter() - t0:.1f} s)")
+
+
+def folds(params_path: str | Path, plan: str, manifest_path: str | Path, out: str | Path) -> None:
+    from pipeline.folds import make_folds, write_folds
+    from pipeline.manifest import read_manifest
+
+    params = load_params(params_path)
+    cfg = section(params, "folds")
+    seed = expect(cfg.get("seed", 0), int, "folds.seed")
+    options = (cfg.get("options") or {}).get(plan, {}) or {}
+    df = make_folds(plan, read_manifest(manifest_path), seed=seed, **options)
+    write_folds(df, out)
+    n_folds = df["fold"].nunique()
+    sizes = df[df.fold == df.fold.min()]["split"].value_counts().to_dict()
+    _say(f"folds: {plan}: {n_folds} folds; fold {df.fold.min()} sizes {sizes} → {out}")
+
+
+def extract(
+    params_path: str | Path,
+    feature: str,
+    manifest_path: str | Path,
+    out: str | Path,
+    *,
+    jobs: int | None = None,
+    progress: bool = True,
+) -> None:
+    from features import get_extractor
+    from features.audio import AudioConfig
+    from pipeline.extract import extract_features
+    from pipeline.manifest import read_manifest
+
+    params = load_params(params_path)
+    cfg = section(params, f"features.{feature}", default=None) or {}
+    expect(cfg, dict, f"features.{feature}")
+    ex_cfg = section(params, "extract", default={}) or {}
+    audio = AudioConfig(**(ex_cfg.get("audio") or {}))
+    if jobs is None:
+        jobs = expect(ex_cfg.get("jobs", 0), int, "extract.jobs")
+    batch_size = expect(ex_cfg.get("batch_size", 32), int, "extract.batch_size")
+    root = section(params, "dataset.root")
+    extractor = get_extractor(feature, **cfg)
+    res = extract_features(extractor, read_manifest(manifest_path), out, audio_root=root, audio=audio,
+                           jobs=jobs, batch_size=batch_size, progress=progress)
+    flag = " [RANDOM WEIGHTS]" if extractor.provenance().get("random_weights") else ""
+    _say(f"extract {feature}{flag}: {res.total} utterances, {res.computed} computed, {res.reused} reused, "
+         f"{res.resumed} resumed → {out} ({res.seconds:.1f} s)")
+
+
+def train(
+    params_path: str | Path,
+    model: str,
+    manifest_path: str | Path,
+    folds_dir: str | Path,
+    features_dir: str | Path,
+    out: str | Path,
+    **overrides: Any,
+) -> dict:
+    from pipeline.flows import run_cross_validation
+
+    params = load_params(params_path)
+    return run_cross_validation(
+        model,
+        params=params,
+        manifest_path=manifest_path,
+        folds_dir=folds_dir,
+        features_dir=features_dir,
+        results_dir=out,
+        **overrides,
+    )
+
+
+def report(params_path: str | Path, results_dir: str | Path, out: str | Path) -> None:
+    from pipeline.report import write_report
+
+    write_report(results_dir, out)
+    _say(f"report → {out}")
