@@ -1,0 +1,440 @@
+"""Fold plans: each paper's evaluation protocol as a named, seeded, versioned table.
+
+A plan maps a manifest to a frame with one row per (utterance, fold): columns ``utt_id`` (str),
+``fold`` (int64, 0-based) and ``split`` ∈ {train, val, test}; rows sorted by (fold, utt_id). Every fold lists
+every utterance exactly once.
+
+============================ ==========================================================================
+plan                         definition (specs/datasets.md)
+============================ ==========================================================================
+``loso``                     one fold per session (natural order: fold f tests the f-th session); val =
+                             the next session, rotating (``val="next_session"``) or a stratified
+                             ``val_fraction`` of the training sessions (``val="random_fraction"``);
+                             ``group="speaker"`` gives leave-one-speaker-out
+``session_3_1_1``            one fold per session: 1 test, 1 dev (``dev_offset`` sessions later,
+                             rotating), the rest train (3 with IEMOCAP's 5). With the defaults it
+                             coincides with ``loso``; it is a separate name so either can change alone
+``random_55_25_20``          5-fold stratified partition for test (0.20 each), val = 0.25 of all
+                             carved stratified from the other 0.80 → 0.55/0.25/0.20 (speaker-dependent)
+``random_811_10fold``        10-fold stratified CV: fold k tests part k, validates on part k+1 → 8:1:1
+``random_80_20_seeds``       5 independent stratified 80/20 splits with the paper's seeds (111111, 123456,
+                             0, 999999, 987654); val = ``val_fraction`` (0.1) of the 80 %, same seed.
+                             ``seed`` is not used (pass ``seeds=`` to change them). Independent splits:
+                             an utterance may be tested in 0 or several folds
+============================ ==========================================================================
+
+Random plans sort by ``utt_id`` first (input row order never matters) and use scikit-learn splitters with
+explicit integer seeds (per-fold seeds derived with ``numpy.random.SeedSequence``), so a plan is the same on
+every run and machine; :func:`plan_hash` pins that in tests. Plans are pure: I/O is only in
+:func:`write_folds`/:func:`read_folds`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+
+from pipeline.manifest import atomic_write_table
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+FOLD_COLUMNS = ("utt_id", "fold", "split")
+PAPER_E_SEEDS = (111111, 123456, 0, 999999, 987654)
+
+
+class FoldError(ValueError):
+    """A fold plan that cannot be made or a fold table that breaks the contract; the message says why."""
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    name: str
+    fn: Callable[..., tuple[list[np.ndarray], dict]]
+    #: every utterance is in exactly one test fold
+    test_partition: bool
+    #: plans over groups: the option holding the group column (its test groups never appear in train/val)
+    group_option: str | None
+    default_group: str | None
+    description: str
+
+
+_PLANS: dict[str, PlanSpec] = {}
+
+
+def register_plan(
+    name: str, *, test_partition: bool, description: str, group_option: str | None = None,
+    default_group: str | None = None,
+):
+    """Register ``fn(m: DataFrame sorted by utt_id, seed, **options) -> (per-fold split arrays, info)``."""
+
+    def deco(fn):
+        if name in _PLANS:
+            raise ValueError(f"fold plan {name!r} is already registered")
+        _PLANS[name] = PlanSpec(name, fn, test_partition, group_option, default_group, description)
+        return fn
+
+    return deco
+
+
+def list_plans() -> list[str]:
+    """Names accepted by :func:`make_folds`."""
+    return sorted(_PLANS)
+
+
+def plan_info(plan: str) -> PlanSpec:
+    if plan not in _PLANS:
+        raise FoldError(f"unknown fold plan {plan!r}; known plans: {', '.join(list_plans())}")
+    return _PLANS[plan]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _natural_key(s: str):
+    # "Ses2" < "Ses10"; re.split with a group alternates str/int parts, so keys always compare
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _fold_seed(seed: int, k: int) -> int:
+    """Independent, platform-stable seed for fold ``k`` of a plan seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+def _prepare(manifest: pd.DataFrame, need: tuple[str, ...]) -> pd.DataFrame:
+    if not isinstance(manifest, pd.DataFrame):
+        raise FoldError(f"expected the manifest as a DataFrame, got {type(manifest).__name__}")
+    missing = [c for c in ("utt_id", "label", *need) if c not in manifest.columns]
+    if missing:
+        raise FoldError(f"manifest is missing column(s) {missing} needed by this fold plan; rebuild the manifest")
+    if len(manifest) == 0:
+        raise FoldError("manifest has no utterances")
+    m = manifest[["utt_id", "label", *need]].astype(str)
+    dup = m["utt_id"][m["utt_id"].duplicated()].unique().tolist()
+    if dup:
+        raise FoldError(f"manifest has duplicate utt_id(s) {dup[:5]}; utterance ids must be unique")
+    return m.sort_values("utt_id", kind="stable").reset_index(drop=True)
+
+
+def _split(idx: np.ndarray, y: np.ndarray, test_size: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (by ``y``) split of ``idx`` → (rest, held-out), each sorted; unstratified when a class is too rare."""
+    if not 0 < test_size < 1:
+        raise FoldError(f"{what}: fraction {test_size} must be between 0 and 1")
+    try:
+        a, b = train_test_split(idx, test_size=test_size, random_state=seed, shuffle=True, stratify=y[idx])
+    except ValueError as e:  # a class with one member, or fewer held-out slots than classes
+        warnings.warn(f"{what}: cannot stratify by label ({e}); splitting without stratification", stacklevel=3)
+        try:
+            a, b = train_test_split(idx, test_size=test_size, random_state=seed, shuffle=True)
+        except ValueError as e2:
+            raise FoldError(f"{what}: cannot split {len(idx)} utterances ({e2})") from None
+    return np.sort(a), np.sort(b)
+
+
+def _kfold(y: np.ndarray, n_splits: int, seed: int, what: str) -> list[np.ndarray]:
+    """Test index arrays of a seeded stratified k-fold partition (plain k-fold when no class has k members)."""
+    if n_splits < 2:
+        raise FoldError(f"{what}: n_splits must be >= 2, got {n_splits}")
+    if len(y) < n_splits:
+        raise FoldError(f"{what}: {len(y)} utterances cannot make {n_splits} folds; use a smaller plan or corpus")
+    x = np.zeros(len(y))
+    with warnings.catch_warnings():
+        # sklearn warns when the rarest class has fewer than k members; stratification is then approximate
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        try:
+            splits = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, y))
+        except ValueError as e:
+            warnings.warn(f"{what}: cannot stratify by label ({e}); using plain k-fold", stacklevel=3)
+            splits = list(KFold(n_splits, shuffle=True, random_state=seed).split(x))
+    return [np.sort(test) for _, test in splits]
+
+
+def _assign(n: int, test: np.ndarray, val: np.ndarray) -> np.ndarray:
+    s = np.full(n, "train", dtype=object)
+    s[val] = "val"
+    s[test] = "test"
+    return s
+
+
+def _groups(m: pd.DataFrame, col: str, plan: str) -> list[str]:
+    empty = m.loc[m[col].str.strip() == "", "utt_id"].tolist()
+    if empty:
+        raise FoldError(
+            f"plan {plan!r} needs a {col} for every utterance; {len(empty)} have none (e.g. {empty[:3]}); "
+            f"fill the manifest's {col} column or use a random plan"
+        )
+    groups = sorted(m[col].unique(), key=_natural_key)
+    if len(groups) < 3:
+        raise FoldError(
+            f"plan {plan!r} needs at least 3 {col}s (train, val and test each get one); the manifest has "
+            f"{len(groups)}: {groups}"
+        )
+    return groups
+
+
+# --------------------------------------------------------------------------------------------- plans
+
+
+@register_plan(
+    "loso", test_partition=True, group_option="group", default_group="session",
+    description="leave one session out; val = next session (rotating) or a stratified fraction of train",
+)
+def _loso(m, seed, *, group: str = "session", val: str = "next_session", val_fraction: float = 0.1):
+    if group not in ("session", "speaker"):
+        raise FoldError(f"loso: group={group!r} must be 'session' or 'speaker'")
+    if val not in ("next_session", "random_fraction"):
+        raise FoldError(f"loso: val={val!r} must be 'next_session' or 'random_fraction'")
+    groups = _groups(m, group, "loso")
+    col, y, n, idx = m[group].to_numpy(), m["label"].to_numpy(), len(m), np.arange(len(m))
+    folds = []
+    for f, g in enumerate(groups):
+        test = idx[col == g]
+        if val == "next_session":
+            v = idx[col == groups[(f + 1) % len(groups)]]
+        else:
+            _, v = _split(idx[col != g], y, val_fraction, _fold_seed(seed, f), f"loso fold {f} val")
+        folds.append(_assign(n, test, v))
+    return folds, {"group": group, "fold_test_groups": groups}
+
+
+@register_plan(
+    "session_3_1_1", test_partition=True, group_option=None, default_group="session",
+    description="per fold: 1 test session, 1 dev session (rotating), the rest train",
+)
+def _session_3_1_1(m, seed, *, dev_offset: int = 1):
+    groups = _groups(m, "session", "session_3_1_1")
+    if not 1 <= dev_offset < len(groups):
+        raise FoldError(f"session_3_1_1: dev_offset={dev_offset} must be in 1..{len(groups) - 1}")
+    col, idx = m["session"].to_numpy(), np.arange(len(m))
+    folds = [
+        _assign(len(m), idx[col == g], idx[col == groups[(f + dev_offset) % len(groups)]])
+        for f, g in enumerate(groups)
+    ]
+    return folds, {"group": "session", "fold_test_groups": groups}
+
+
+@register_plan(
+    "random_55_25_20", test_partition=True,
+    description="5 seeded stratified splits 0.55/0.25/0.20: test folds partition the data",
+)
+def _random_55_25_20(m, seed, *, n_splits: int = 5, val_fraction: float = 0.25):
+    y, n = m["label"].to_numpy(), len(m)
+    if not 0 < val_fraction < 1 - 1 / n_splits:
+        raise FoldError(f"random_55_25_20: val_fraction={val_fraction} must be in (0, {1 - 1 / n_splits:.3f})")
+    folds = []
+    for k, test in enumerate(_kfold(y, n_splits, seed, "random_55_25_20")):
+        rest = np.setdiff1d(np.arange(n), test)
+        _, v = _split(rest, y, val_fraction / (1 - 1 / n_splits), _fold_seed(seed, k), f"random_55_25_20 fold {k} val")
+        folds.append(_assign(n, test, v))
+    return folds, {}
+
+
+@register_plan(
+    "random_811_10fold", test_partition=True,
+    description="10-fold stratified CV, 8:1:1 train/val/test (val = the next fold's test part)",
+)
+def _random_811_10fold(m, seed, *, n_splits: int = 10):
+    parts = _kfold(m["label"].to_numpy(), n_splits, seed, "random_811_10fold")
+    folds = [_assign(len(m), parts[k], parts[(k + 1) % n_splits]) for k in range(n_splits)]
+    return folds, {}
+
+
+@register_plan(
+    "random_80_20_seeds", test_partition=False,
+    description="5 independent stratified 80/20 splits with the paper's seeds; val carved from train",
+)
+def _random_80_20_seeds(
+    m, seed, *, seeds: tuple[int, ...] = PAPER_E_SEEDS, test_fraction: float = 0.2, val_fraction: float = 0.1
+):
+    if seed:
+        log.info("random_80_20_seeds uses the paper's seeds %s; seed=%s is not used", list(seeds), seed)
+    y, idx = m["label"].to_numpy(), np.arange(len(m))
+    folds = []
+    for k, s in enumerate(seeds):
+        train, test = _split(idx, y, test_fraction, int(s), f"random_80_20_seeds fold {k} test")
+        _, v = _split(train, y, val_fraction, int(s), f"random_80_20_seeds fold {k} val")
+        folds.append(_assign(len(m), test, v))
+    return folds, {"seeds": [int(s) for s in seeds]}
+
+
+# ------------------------------------------------------------------------------------------- public
+
+
+def make_folds(plan: str, manifest: pd.DataFrame, seed: int = 0, **options) -> pd.DataFrame:
+    """Apply fold plan ``plan`` to ``manifest`` (needs ``utt_id``, ``label`` and, for group plans, the group column).
+
+    Returns ``utt_id, fold, split`` for every (utterance, fold), sorted by (fold, utt_id), with ``attrs``
+    ``plan``, ``seed``, ``options``, ``group`` (or None) and ``plan_hash``. Raises :class:`FoldError` for an
+    unknown plan/option or a manifest the plan cannot split.
+    """
+    spec = plan_info(plan)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise FoldError(f"seed must be a non-negative integer, got {seed!r}")
+    params = inspect.signature(spec.fn).parameters
+    unknown = sorted(k for k in options if k not in params or k in ("m", "seed"))
+    if unknown:
+        takes = [p for p in params if p not in ("m", "seed")]
+        raise FoldError(f"fold plan {plan!r} does not take option(s) {unknown}; it takes {takes}")
+    group = options.get(spec.group_option, spec.default_group) if spec.group_option else spec.default_group
+    m = _prepare(manifest, (group,) if group else ())
+    split_arrays, info = spec.fn(m, int(seed), **options)
+    ids = m["utt_id"].to_numpy(dtype=object)
+    k = len(split_arrays)
+    folds = pd.DataFrame(
+        {
+            "utt_id": np.tile(ids, k),
+            "fold": np.repeat(np.arange(k, dtype="int64"), len(ids)),
+            "split": np.concatenate(split_arrays).astype(object),
+        }
+    )
+    folds.attrs.update(
+        plan=plan, seed=int(seed), options=_jsonable(options), group=info.get("group"),
+        info={k: v for k, v in info.items() if k != "group"},
+    )
+    folds = validate_folds(folds, manifest, test_partition=spec.test_partition, group=info.get("group"))
+    folds.attrs["plan_hash"] = plan_hash(folds)
+    return folds
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def validate_folds(
+    folds: pd.DataFrame,
+    manifest: pd.DataFrame | None = None,
+    *,
+    test_partition: bool | None = None,
+    group: str | None = None,
+    source: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Check a fold table; return it normalised (dtypes, sorted by fold, utt_id; ``attrs`` kept).
+
+    Always: columns, split values, each utterance once per fold, every fold lists the same utterances and has
+    train and test rows. With ``manifest``: the utterances are exactly the manifest's. ``test_partition``
+    (default: from ``attrs["plan"]``): each utterance in exactly one test fold. ``group`` (default
+    ``attrs["group"]``, needs ``manifest``): no group of a fold's test split appears in its train or val split.
+    """
+    where = f"{source}: " if source is not None else "folds: "
+    missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
+    if missing:
+        raise FoldError(f"{where}missing column(s) {missing}; a fold table has {list(FOLD_COLUMNS)}")
+    attrs = dict(folds.attrs)
+    f = folds[list(FOLD_COLUMNS)].copy()
+    if f.isna().any().any():
+        raise FoldError(f"{where}missing values in {f.columns[f.isna().any()].tolist()}")
+    f["utt_id"] = f["utt_id"].astype(str).astype(object)
+    f["split"] = f["split"].astype(str).astype(object)
+    try:
+        f["fold"] = f["fold"].astype("int64")
+    except (ValueError, TypeError) as e:
+        raise FoldError(f"{where}fold must be integers ({e})") from None
+    bad = sorted(set(f["split"]) - set(SPLITS))
+    if bad:
+        raise FoldError(f"{where}unknown split value(s) {bad}; allowed {list(SPLITS)}")
+    dup = f[f.duplicated(["utt_id", "fold"])]
+    if len(dup):
+        raise FoldError(f"{where}utterance(s) listed twice in a fold: {dup.head(5).to_dict('records')}")
+    f = f.sort_values(["fold", "utt_id"], kind="stable").reset_index(drop=True)
+    ids = set(f["utt_id"])
+    for k, g in f.groupby("fold", sort=True):
+        if len(g) != len(ids):
+            miss = sorted(ids - set(g["utt_id"]))
+            raise FoldError(f"{where}fold {k} does not list every utterance (missing e.g. {miss[:5]})")
+        for s in ("train", "test"):
+            if not (g["split"] == s).any():
+                raise FoldError(f"{where}fold {k} has no {s} utterances")
+    if manifest is not None:
+        mids = set(manifest["utt_id"].astype(str))
+        if mids != ids:
+            raise FoldError(
+                f"{where}folds and manifest disagree: {len(mids - ids)} manifest utterance(s) not in the folds "
+                f"(e.g. {sorted(mids - ids)[:3]}), {len(ids - mids)} fold utterance(s) not in the manifest "
+                f"(e.g. {sorted(ids - mids)[:3]}); re-make the folds from this manifest"
+            )
+    if test_partition is None and attrs.get("plan") in _PLANS:
+        test_partition = _PLANS[attrs["plan"]].test_partition
+    if test_partition:
+        n_test = f[f["split"] == "test"].groupby("utt_id").size().reindex(sorted(ids), fill_value=0)
+        wrong = n_test[n_test != 1]
+        if len(wrong):
+            raise FoldError(
+                f"{where}utterance(s) not in exactly one test fold: {wrong.head(5).to_dict()} (utt_id: test folds)"
+            )
+    group = group if group is not None else attrs.get("group")
+    if group and manifest is not None:
+        gmap = manifest.set_index(manifest["utt_id"].astype(str))[group].astype(str)
+        g = f.assign(grp=f["utt_id"].map(gmap).to_numpy())
+        for k, gf in g.groupby("fold", sort=True):
+            leak = set(gf.loc[gf["split"] == "test", "grp"]) & set(gf.loc[gf["split"] != "test", "grp"])
+            if leak:
+                raise FoldError(f"{where}fold {k}: test {group}(s) {sorted(leak)} also appear in train/val")
+    f.attrs.update(attrs)
+    return f
+
+
+def plan_hash(folds: pd.DataFrame) -> str:
+    """sha256 (hex) of the fold table's content: ``fold<TAB>utt_id<TAB>split`` lines sorted by (fold, utt_id).
+
+    Independent of row order, dtypes and library versions: a cache key for everything trained on the plan.
+    """
+    f = folds[list(FOLD_COLUMNS)]
+    rows = sorted(zip(f["fold"].astype("int64").tolist(), f["utt_id"].astype(str), f["split"].astype(str), strict=True))
+    h = hashlib.sha256()
+    for fold, utt, split in rows:
+        h.update(f"{fold}\t{utt}\t{split}\n".encode())
+    return h.hexdigest()
+
+
+def write_folds(folds: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Validate and write a fold table atomically as Parquet; ``attrs`` (plan, seed, options, hash) go into
+    the file's metadata. Same content → same bytes."""
+    f = validate_folds(folds, source=path)
+    meta = {k: v for k, v in f.attrs.items()}
+    meta["plan_hash"] = plan_hash(f)
+    table = pa.Table.from_arrays(
+        [
+            pa.array(f["utt_id"].tolist(), type=pa.string()),
+            pa.array(f["fold"].to_numpy(), type=pa.int64()),
+            pa.array(f["split"].tolist(), type=pa.string()),
+        ],
+        schema=pa.schema(
+            [pa.field("utt_id", pa.string()), pa.field("fold", pa.int64()), pa.field("split", pa.string())],
+            metadata={"emoflow.folds": json.dumps(_jsonable(meta), sort_keys=True)},
+        ),
+    )
+    return atomic_write_table(table, path)
+
+
+def read_folds(path: str | os.PathLike, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Read a fold table written by :func:`write_folds`, restore its ``attrs`` and validate it (against
+    ``manifest`` when given: same utterances, no group leakage). Raises :class:`FoldError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FoldError(f"{path}: fold table not found; make it first (the `folds` stage / make_folds + write_folds)")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow errors are terse
+        raise FoldError(f"{path}: not a readable Parquet fold table ({e}); re-make it") from None
+    raw = (table.schema.metadata or {}).get(b"emoflow.folds")
+    f = table.to_pandas()
+    f.attrs.update(json.loads(raw) if raw else {})
+    stored = f.attrs.get("plan_hash")
+    out = validate_folds(f, manifest, source=path)
+    if stored and plan_hash(out) != stored:
+        raise FoldError(f"{path}: content does not match its recorded plan_hash; the file was edited — re-make it")
+    return out
