@@ -1,0 +1,249 @@
+"""Model registry: every paper model and baseline, by name.
+
+A model class is registered with :func:`register_model` and must provide
+
+* ``Config``: a dataclass whose defaults are the paper's values (NF values are our choice, marked in the
+  class docstring);
+* ``__init__(self, config, num_classes)``;
+* ``input_specs(config) -> dict[str, InputSpec]`` (staticmethod): batch key → feature-store feature, kind
+  and the config field holding its dimension;
+* ``forward(**batch) -> logits (B, num_classes)``.
+
+Batch conventions: a sequence input ``k`` is a float tensor ``(B, T, D)`` with a bool ``k_mask`` ``(B, T)``
+(True = padding); an utterance vector is ``(B, D)``; phonemes are a LongTensor ``(B, W, P)`` with 0 = pad.
+
+>>> "ilt" in list_models()
+True
+>>> model = create_model("ilt", d_model=16, lstm_hidden=8, d_ff=32, cnn_channels=[4, 4]).eval()
+>>> model(**example_batch("ilt", d_model=16, lstm_hidden=8, d_ff=32, cnn_channels=[4, 4])).shape
+torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.blocks import count_parameters
+
+#: feature kinds an input can have
+KINDS = ("sequence", "vector", "phonemes")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a model consumes one feature set from the store.
+
+    ``feature``: feature-store name (e.g. ``"wav2vec2"``); ``kind``: ``sequence`` (B, T, D) + ``<key>_mask``,
+    ``vector`` (B, D), or ``phonemes`` (B, W, P) ids with 0 = pad; ``dim_param``: the config field the training
+    code must set to the dimension it finds in the store (for phonemes: the vocabulary size);
+    ``mask_key``: batch key of the padding mask (None when there is none).
+    """
+
+    feature: str
+    kind: str
+    dim_param: str
+    mask_key: str | None = None
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the training flow needs to know about a registered model (read by pipeline/)."""
+
+    name: str
+    model_cls: type
+    config_cls: type
+    train: dict[str, Any]
+    paper: dict[str, Any]  # title, wa, ua (as published, %, None where not reported), protocol, source
+    fold_plan: str
+    description: str = ""
+
+    def inputs(self, **overrides) -> dict[str, str]:
+        """Batch key → feature-store name for the config with ``overrides`` applied."""
+        cfg = make_config(self.name, **overrides)
+        return {k: s.feature for k, s in self.model_cls.input_specs(cfg).items()}
+
+    def input_specs(self, **overrides) -> dict[str, InputSpec]:
+        cfg = make_config(self.name, **overrides)
+        return dict(self.model_cls.input_specs(cfg))
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    train: dict[str, Any],
+    paper: dict[str, Any],
+    fold_plan: str,
+    description: str = "",
+) -> Callable[[type], type]:
+    """Class decorator registering ``cls`` under ``name``; a duplicate name raises ValueError.
+
+    >>> register_model("ilt", train={}, paper={}, fold_plan="x")(object)
+    Traceback (most recent call last):
+    ...
+    ValueError: model 'ilt' is already registered (by ILT)
+    """
+
+    def deco(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(
+                f"model {name!r} is already registered (by {_REGISTRY[name].model_cls.__name__})"
+            )
+        for attr in ("Config", "input_specs"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"model class {cls.__name__} lacks {attr!r}")
+        _REGISTRY[name] = ModelInfo(
+            name=name,
+            model_cls=cls,
+            config_cls=cls.Config,
+            train=dict(train),
+            paper=dict(paper),
+            fold_plan=fold_plan,
+            description=description,
+        )
+        return cls
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """Registry entry of ``name`` (unknown name → ValueError listing the known ones)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def model_config_class(name: str) -> type:
+    """The config dataclass of model ``name``."""
+    return get_model_info(name).config_cls
+
+
+def _yaml_friendly(value):
+    if isinstance(value, tuple):
+        return [_yaml_friendly(v) for v in value]
+    return value
+
+
+def default_config(name: str) -> dict[str, Any]:
+    """Defaults of model ``name`` as a plain dict (tuples → lists), i.e. a ``params.yaml: models.<name>`` section.
+
+    >>> default_config("rlc")["gca_iterations"]
+    3
+    """
+    cfg = model_config_class(name)()
+    return {f.name: _yaml_friendly(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def make_config(name: str, **overrides):
+    """Config dataclass of ``name`` with ``overrides`` applied; an unknown key raises ValueError naming it.
+
+    >>> make_config("ilt", no_such_key=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown config key(s) ['no_such_key'] for model 'ilt'; known keys: ...
+    """
+    cls = model_config_class(name)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {unknown} for model {name!r}; known keys: {', '.join(known)}"
+        )
+    # YAML gives lists where the dataclass has tuples; keep configs hashable/immutable-looking.
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return cls(**fixed)
+
+
+def create_model(name: str, num_classes: int = 4, **overrides) -> nn.Module:
+    """Build model ``name`` with its paper defaults, ``overrides`` applied to its config dataclass."""
+    info = get_model_info(name)
+    cfg = make_config(name, **overrides)
+    return info.model_cls(cfg, num_classes=num_classes)
+
+
+def example_batch(name: str, batch_size: int = 2, seed: int = 0, **overrides) -> dict[str, torch.Tensor]:
+    """Random batch that ``create_model(name, **overrides)(**batch)`` accepts, with masks.
+
+    Item 0 is the longest (no padding); the others are shorter and padded, so masks are exercised.
+    Dimensions come from the config (so the same overrides must be passed as to :func:`create_model`).
+    """
+    info = get_model_info(name)
+    cfg = make_config(name, **overrides)
+    gen = torch.Generator().manual_seed(seed)
+    return info.model_cls.example_batch(cfg, batch_size, gen)
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """One dict per model with its default config: name, params (trainable count), inputs, paper, fold_plan."""
+    rows = []
+    for name in list_models():
+        info = get_model_info(name)
+        model = create_model(name)
+        rows.append(
+            {
+                "name": name,
+                "params": count_parameters(model),
+                "inputs": info.inputs(),
+                "paper": info.paper.get("title", ""),
+                "fold_plan": info.fold_plan,
+                "wa": info.paper.get("wa"),
+                "ua": info.paper.get("ua"),
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+# used by the models' example_batch implementations
+
+
+def random_lengths(batch_size: int, max_len: int, gen: torch.Generator, min_len: int = 1) -> torch.Tensor:
+    """Item 0 gets ``max_len``; the others a random length in ``[min_len, max_len]``."""
+    lengths = torch.randint(min_len, max_len + 1, (batch_size,), generator=gen)
+    lengths[0] = max_len
+    return lengths
+
+
+def random_sequence(
+    lengths: torch.Tensor, dim: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(B, T, dim)`` float sequence, zero at padded steps, and its padding mask."""
+    from models.blocks import lengths_to_mask
+
+    mask = lengths_to_mask(lengths)
+    x = torch.randn(len(lengths), mask.size(1), dim, generator=gen)
+    return x.masked_fill(mask.unsqueeze(-1), 0.0), mask
+
+
+class PaperModel(nn.Module):
+    """Base class: keeps the config and answers :meth:`model_inputs` from the subclass's ``input_specs``."""
+
+    Config: type
+
+    def __init__(self, config, num_classes: int):
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+
+    @staticmethod
+    def input_specs(config) -> dict[str, InputSpec]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def model_inputs(self) -> dict[str, str]:
+        """Batch key → feature-store name consumed by this instance (e.g. ``{"x": "logmel40"}``)."""
+        return {k: s.feature for k, s in self.input_specs(self.config).items()}
