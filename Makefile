@@ -23,6 +23,7 @@ demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) $(BIN)/emoflow demo
 
 test: $(STAMP)
+	bash tests/setup_system.sh
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 
 bench: $(STAMP)
