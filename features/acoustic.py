@@ -413,6 +413,7 @@ class Lld17(_Cached, Extractor):
             )
         if not c.hnr_min_db < c.hnr_max_db:
             raise ValueError(f"features.{self.name}: hnr_min_db must be < hnr_max_db")
+        self._mfcc_constants()  # validates the mel layout now rather than at the first utterance
 
     @property
     def dim(self) -> int:
@@ -442,8 +443,14 @@ class Lld17(_Cached, Extractor):
             window = librosa.filters.get_window(c.window, c.win_length, fftbins=True).astype(np.float32)
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # an empty mel band is a config error here, not a warning
-                melfb = librosa.filters.mel(sr=self.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.fmin,
-                                            fmax=c.fmax, htk=c.htk, norm=None)
+                try:
+                    melfb = librosa.filters.mel(sr=self.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.fmin,
+                                                fmax=c.fmax, htk=c.htk, norm=None)
+                except UserWarning as e:
+                    raise ValueError(
+                        f"features.{self.name}: {c.n_mels} mel bands in a {c.n_fft}-point FFT leave empty bands "
+                        f"({e}); lower n_mels or raise n_fft"
+                    ) from None
             # DCT-II (orthonormal) rows 1..n_mfcc with the HTK lifter folded in: one (n_mels, n_mfcc) matmul.
             dct = scipy.fft.dct(np.eye(c.n_mels), type=2, norm="ortho", axis=0)[1 : c.n_mfcc + 1]
             i = np.arange(1, c.n_mfcc + 1)

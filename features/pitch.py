@@ -24,6 +24,11 @@ Definitions (per analysis frame ``x`` of ``L`` samples, centred on the feature f
 A frame is *silent* when its energy is numerically zero, or when its absolute peak is below
 ``silence_threshold`` × ``global_peak`` (the utterance's absolute peak; Praat's silence threshold).
 
+Accuracy (tests): F0 within 0.1% on tones 75–450 Hz, sine or harmonic-rich, and on a 120→240 Hz glide; white
+noise gives ``voicing_prob`` ≈ 0.14 and HNR ≈ −8 dB; harmonic tone + white noise at 5–30 dB SNR gives HNR within
+1 dB of the SNR. A perfectly periodic tone reads ≥ 30 dB HNR at ≥ 100 Hz but only ≈ 20 dB at 75 Hz, where the 50 ms
+window holds 3.75 periods and the window correction is less exact.
+
 The analysis window must hold at least two periods of ``f0_min`` (three is Boersma's/Praat's recommendation for
 Hann, and the default used by ``features.acoustic``'s ``lld17``: 50 ms for 60 Hz), because ``r_w(τ)`` becomes
 small and the correction unreliable at lags near ``L/2``.
