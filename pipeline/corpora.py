@@ -224,11 +224,11 @@ def _table_to_manifest(
 
     empty = np.flatnonzero((text["path"] == "").to_numpy())
     if len(empty):
-        raise ManifestError(f"{file}: empty path in data row(s) {list(empty[:5] + 2)} (line numbers); fill them in")
+        raise ManifestError(f"{file}: empty path in data row(s) {list(empty[:5] + 1)}; fill them in")
     labels = text["label"]
     empty = np.flatnonzero((labels == "").to_numpy())
     if len(empty):
-        raise ManifestError(f"{file}: empty label in data row(s) {list(empty[:5] + 2)} (line numbers); label or drop them")
+        raise ManifestError(f"{file}: empty label in data row(s) {list(empty[:5] + 1)}; label or drop them")
     keep = np.ones(n, dtype=bool)
     if label_map is not None:
         known = labels.isin(list(label_map)).to_numpy()
@@ -251,11 +251,17 @@ def _table_to_manifest(
         vals = pd.to_numeric(raw.where(~blank, np.nan), errors="coerce")
         bad = vals.isna() & ~blank
         if bad.any():
-            rows = np.flatnonzero(bad.to_numpy())[:5] + 2
-            raise ManifestError(f"{file}: column {col!r} must be seconds; bad values on line(s) {list(rows)}")
+            rows = np.flatnonzero(bad.to_numpy())[:5] + 1
+            raise ManifestError(f"{file}: column {col!r} must be seconds; bad values in data row(s) {list(rows)}")
         return vals.to_numpy(dtype="float64")
 
     start, end = num("start"), num("end")
+    half = np.flatnonzero(np.isnan(start) != np.isnan(end))
+    if len(half):
+        raise ManifestError(
+            f"{file}: start and end must both be set (a segment) or both be empty (whole file); "
+            f"data row(s) {list(half[:5] + 1)} have only one"
+        )
     base = file.parent
     abs_paths = [Path(p) if os.path.isabs(p) else base / p for p in text["path"]]
     utt = text["utt_id"].copy()

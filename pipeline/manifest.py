@@ -83,6 +83,10 @@ def _is_nan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def _num(x) -> str:
+    return "None" if x is None else repr(float(x))
+
+
 def audio_checksum(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> str:
     """sha256 (hex) of the file's bytes, read in 1 MiB chunks; for a segment the bytes + ``f"{start:.4f}-{end:.4f}"``.
 
@@ -93,7 +97,7 @@ def audio_checksum(path: str | os.PathLike, start: float | None = None, end: flo
     whole_s, whole_e = _is_nan(start), _is_nan(end)
     if whole_s != whole_e:
         raise ManifestError(
-            f"{path}: segment has start={start!r} but end={end!r}; give both (seconds) or neither (whole file)"
+            f"{path}: segment has start={_num(start)} but end={_num(end)}; give both (seconds) or neither"
         )
     if not path.is_file():
         raise MissingAudioError(
