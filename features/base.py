@@ -29,6 +29,7 @@ __all__ = [
     "list_extractors",
     "extractor_class",
     "config_hash",
+    "RUNTIME_ONLY",
 ]
 
 _REGISTRY: dict[str, type[Extractor]] = {}
@@ -58,9 +59,16 @@ class ExtractorConfig:
         return cls(**values)
 
 
+#: Mark a config field that changes how, not what, is computed (device, batch size): it is recorded in the
+#: file's config but left out of the content key, so moving to a GPU does not recompute a feature set.
+RUNTIME_ONLY = {"hash": False}
+
+
 def config_hash(name: str, version: str, config: ExtractorConfig) -> str:
-    """Content key of a feature set: extractor name + its code version + full config (not paths, not times)."""
-    payload = json.dumps({"name": name, "version": version, "config": config.to_dict()}, sort_keys=True, default=str)
+    """Content key of a feature set: extractor name + its code version + its config (not paths, not times, not
+    runtime-only fields such as the device)."""
+    keyed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("hash", True)}
+    payload = json.dumps({"name": name, "version": version, "config": keyed}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
