@@ -335,6 +335,7 @@ def validate_folds(
         raise FoldError(f"{where}missing column(s) {missing}; a fold table has {list(FOLD_COLUMNS)}")
     attrs = dict(folds.attrs)
     f = folds[list(FOLD_COLUMNS)].copy()
+    f.attrs = {}  # pandas deep-copies attrs on every operation: keep the working copy bare
     if f.isna().any().any():
         raise FoldError(f"{where}missing values in {f.columns[f.isna().any()].tolist()}")
     f["utt_id"] = f["utt_id"].astype(str).astype(object)
@@ -346,43 +347,50 @@ def validate_folds(
     bad = sorted(set(f["split"]) - set(SPLITS))
     if bad:
         raise FoldError(f"{where}unknown split value(s) {bad}; allowed {list(SPLITS)}")
-    dup = f[f.duplicated(["utt_id", "fold"])]
-    if len(dup):
-        raise FoldError(f"{where}utterance(s) listed twice in a fold: {dup.head(5).to_dict('records')}")
     f = f.sort_values(["fold", "utt_id"], kind="stable").reset_index(drop=True)
-    ids = set(f["utt_id"])
-    for k, g in f.groupby("fold", sort=True):
-        if len(g) != len(ids):
-            miss = sorted(ids - set(g["utt_id"]))
-            raise FoldError(f"{where}fold {k} does not list every utterance (missing e.g. {miss[:5]})")
-        for s in ("train", "test"):
-            if not (g["split"] == s).any():
-                raise FoldError(f"{where}fold {k} has no {s} utterances")
+    fold = f["fold"].to_numpy()
+    utt_codes, ids = pd.factorize(f["utt_id"], sort=True)
+    split = f["split"].to_numpy()
+    dup = (fold[1:] == fold[:-1]) & (utt_codes[1:] == utt_codes[:-1])  # rows are sorted by (fold, utt_id)
+    if dup.any():
+        raise FoldError(f"{where}utterance(s) listed twice in a fold: {f.iloc[np.flatnonzero(dup)[:5]].to_dict('records')}")
+    folds_k, per_fold = np.unique(fold, return_counts=True)
+    short = folds_k[per_fold != len(ids)]
+    if len(short):  # no duplicates, so a fold with fewer rows than utterances misses some
+        k = int(short[0])
+        miss = sorted(set(ids) - set(f.loc[fold == k, "utt_id"]))
+        raise FoldError(f"{where}fold {k} does not list every utterance (missing e.g. {miss[:5]})")
+    for s in ("train", "test"):
+        lacking = np.setdiff1d(folds_k, fold[split == s])
+        if len(lacking):
+            raise FoldError(f"{where}fold {int(lacking[0])} has no {s} utterances")
     if manifest is not None:
-        mids = set(manifest["utt_id"].astype(str))
-        if mids != ids:
+        mids, fids = set(manifest["utt_id"].astype(str)), set(ids)
+        if mids != fids:
             raise FoldError(
-                f"{where}folds and manifest disagree: {len(mids - ids)} manifest utterance(s) not in the folds "
-                f"(e.g. {sorted(mids - ids)[:3]}), {len(ids - mids)} fold utterance(s) not in the manifest "
-                f"(e.g. {sorted(ids - mids)[:3]}); re-make the folds from this manifest"
+                f"{where}folds and manifest disagree: {len(mids - fids)} manifest utterance(s) not in the folds "
+                f"(e.g. {sorted(mids - fids)[:3]}), {len(fids - mids)} fold utterance(s) not in the manifest "
+                f"(e.g. {sorted(fids - mids)[:3]}); re-make the folds from this manifest"
             )
     if test_partition is None and attrs.get("plan") in _PLANS:
         test_partition = _PLANS[attrs["plan"]].test_partition
+    is_test = split == "test"
     if test_partition:
-        n_test = f[f["split"] == "test"].groupby("utt_id").size().reindex(sorted(ids), fill_value=0)
-        wrong = n_test[n_test != 1]
+        n_test = np.bincount(utt_codes[is_test], minlength=len(ids))
+        wrong = np.flatnonzero(n_test != 1)
         if len(wrong):
-            raise FoldError(
-                f"{where}utterance(s) not in exactly one test fold: {wrong.head(5).to_dict()} (utt_id: test folds)"
-            )
+            shown = {ids[i]: int(n_test[i]) for i in wrong[:5]}
+            raise FoldError(f"{where}utterance(s) not in exactly one test fold: {shown} (utt_id: test folds)")
     group = group if group is not None else attrs.get("group")
     if group and manifest is not None:
         gmap = manifest.set_index(manifest["utt_id"].astype(str))[group].astype(str)
-        g = f.assign(grp=f["utt_id"].map(gmap).to_numpy())
-        for k, gf in g.groupby("fold", sort=True):
-            leak = set(gf.loc[gf["split"] == "test", "grp"]) & set(gf.loc[gf["split"] != "test", "grp"])
-            if leak:
-                raise FoldError(f"{where}fold {k}: test {group}(s) {sorted(leak)} also appear in train/val")
+        grp_codes, groups = pd.factorize(f["utt_id"].map(gmap))
+        pair = fold * (len(groups) + 1) + grp_codes
+        leak = np.intersect1d(pair[is_test], pair[~is_test])
+        if len(leak):
+            k = int(leak[0] // (len(groups) + 1))
+            bad_groups = sorted({groups[p % (len(groups) + 1)] for p in leak if p // (len(groups) + 1) == k})
+            raise FoldError(f"{where}fold {k}: test {group}(s) {bad_groups} also appear in train/val")
     f.attrs.update(attrs)
     return f
 
