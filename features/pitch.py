@@ -44,8 +44,8 @@ import scipy.fft
 
 __all__ = ["PitchResult", "autocorr_pitch", "hnr_from_r", "pitch_lag_range"]
 
-#: Frames per batched FFT: bounds memory (~4 MB per array at L=800) and stays cache-friendly.
-_BLOCK = 1024
+#: Frames per batched FFT: small enough that a block's arrays stay in cache (~1 MB at L=800).
+_BLOCK = 256
 #: Below this zero-lag energy (sum of squared windowed samples) a frame counts as digital silence.
 _TINY_ENERGY = 1e-12
 
@@ -120,6 +120,9 @@ def autocorr_pitch(
     n_lags = lag_max + 2  # one past lag_max for the local-maximum test and parabolic interpolation
     n_fft = scipy.fft.next_fast_len(length + n_lags, real=True)
     window, rw = _window_and_correction(length, n_fft, n_lags)
+    if n_frames == 0:
+        empty = np.zeros(0, np.float32)
+        return PitchResult(f0=empty, voicing_prob=empty, hnr_db=empty, r_peak=empty)
     # Penalty per candidate lag (Praat's octave cost relative to the ceiling).
     taus = np.arange(lag_min, lag_max + 1, dtype=np.float32)
     penalty = (octave_cost * np.log2(taus * (f0_max / sample_rate))).astype(np.float32)
@@ -129,31 +132,44 @@ def autocorr_pitch(
 
     f0 = np.zeros(n_frames, np.float32)
     r_peak = np.zeros(n_frames, np.float32)
+    inv_rw = (1.0 / rw[lag_min - 1 : lag_max + 2]).astype(np.float32)
+    buf = np.zeros((min(_BLOCK, n_frames), n_fft), np.float32)  # zero tail = linear (not circular) correlation
     for s in range(0, n_frames, _BLOCK):
-        seg = np.array(frames[s : s + _BLOCK], dtype=np.float32)  # copy: frames may be a read-only view
-        seg -= seg.mean(axis=1, keepdims=True)
-        loud = np.abs(seg).max(axis=1) >= silence_level
-        seg *= window
-        spec = scipy.fft.rfft(seg, n_fft, axis=1)
-        ac = scipy.fft.irfft(spec.real**2 + spec.imag**2, n_fft, axis=1)[:, :n_lags]
-        ac0 = ac[:, :1]
-        live = ac0[:, 0] > _TINY_ENERGY
-        r = ac / np.where(ac0 > _TINY_ENERGY, ac0, 1.0)
-        r *= 1.0 / rw  # window correction
-        a, b, c = r[:, lag_min - 1 : lag_max], r[:, lag_min : lag_max + 1], r[:, lag_min + 1 : lag_max + 2]
-        is_max = (b > a) & (b >= c)
-        den = a - 2.0 * b + c  # < 0 at a strict maximum
-        delta = np.where(is_max, 0.5 * (a - c) / np.where(is_max, den, -1.0), 0.0)
-        height = b - 0.25 * (a - c) * delta
-        height = np.where(height > 1.0, 1.0 / np.maximum(height, 1e-30), height)  # fold r > 1 (Praat)
-        score = np.where(is_max, height - penalty, -np.inf)
-        k = np.argmax(score, axis=1)
-        rows = np.arange(len(k))
-        found = np.isfinite(score[rows, k]) & live & loud
-        peak = np.where(found, height[rows, k], 0.0)
-        lag = taus[k] + delta[rows, k]
-        f0[s : s + len(k)] = np.where(found, sample_rate / np.maximum(lag, 1.0), 0.0)
-        r_peak[s : s + len(k)] = np.maximum(peak, 0.0)
+        nb = min(_BLOCK, n_frames - s)
+        x = buf[:nb, :length]
+        x[...] = frames[s : s + nb]
+        x -= x.mean(axis=1, keepdims=True)
+        loud = np.maximum(x.max(axis=1), -x.min(axis=1)) >= silence_level
+        x *= window
+        spec = scipy.fft.rfft(buf[:nb], axis=1)
+        # Autocorrelation = inverse FFT of the power spectrum; the spectrum is real and even, so a DCT-I does it
+        # without building a complex array (result scaled by n_fft, which the normalisation by r_a(0) removes).
+        ac = scipy.fft.dct(spec.real**2 + spec.imag**2, type=1, axis=1)
+        ac0 = ac[:, 0]
+        live = ac0 > _TINY_ENERGY * n_fft
+        # Window-corrected autocorrelation, not yet divided by r_a(0): peak positions do not depend on that
+        # per-frame scale, so the division is done on the few local maxima only.
+        r = ac[:, lag_min - 1 : lag_max + 2]
+        r *= inv_rw
+        is_max = (r[:, 1:-1] > r[:, :-2]) & (r[:, 1:-1] >= r[:, 2:])
+        rows, cols = np.nonzero(is_max)
+        a, b, c = r[rows, cols], r[rows, cols + 1], r[rows, cols + 2]
+        # parabolic vertex offset, within ±0.5 at a strict maximum (denominator < 0; guarded against rounding)
+        delta = np.clip(0.5 * (a - c) / np.minimum(a - 2.0 * b + c, -1e-30), -0.5, 0.5)
+        height = (b - 0.25 * (a - c) * delta) / np.where(live, ac0, 1.0)[rows]
+        height = np.where(height > 1.0, 1.0 / np.maximum(height, 1.0), height)  # fold r > 1 back (Praat)
+        score = np.full(is_max.shape, -np.inf, np.float32)
+        score[rows, cols] = height - penalty[cols]
+        best = np.argmax(score, axis=1)
+        found = np.isfinite(score[np.arange(nb), best]) & live & loud
+        if rows.size:
+            # position of each frame's chosen peak in the compact (row-major sorted) candidate arrays
+            width = is_max.shape[1]
+            sel = np.searchsorted(rows * width + cols, np.arange(nb) * width + best)
+            sel = np.minimum(sel, rows.size - 1)
+            lag = taus[cols[sel]] + delta[sel]
+            f0[s : s + nb] = np.where(found, sample_rate / np.maximum(lag, 1.0), 0.0)
+            r_peak[s : s + nb] = np.where(found, np.maximum(height[sel], 0.0), 0.0)
 
     voicing = np.clip(r_peak, 0.0, 1.0).astype(np.float32)
     f0 = np.where(voicing >= voicing_threshold, f0, 0.0).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Throughput benchmarks: scripts that write JSON under ``benchmarks/results/`` (not timed tests)."""
