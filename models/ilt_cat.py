@@ -275,7 +275,7 @@ class ILT(_PaperAModel):
         if self.config.fusion == "concat":
             fused = torch.cat([o_lstm, o_trans], dim=-1)
         else:
-            w = self.fusion_weights().to(h.dtype)
+            w = self.fusion_weights().to(device=h.device, dtype=h.dtype)
             fused = w[0] * o_lstm + w[1] * o_trans
         return self.head(fused)
 

@@ -64,8 +64,13 @@ class ModelInfo:
     fold_plan: str
     description: str = ""
 
-    def inputs(self, **overrides) -> dict[str, str]:
-        """Batch key → feature-store name for the config with ``overrides`` applied."""
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Batch key → feature-store name for the default config (e.g. ``{"x": "logmel40"}``)."""
+        return self.inputs_for()
+
+    def inputs_for(self, **overrides) -> dict[str, str]:
+        """Batch key → feature-store name for the config with ``overrides`` applied (RLC adds ``text``)."""
         cfg = make_config(self.name, **overrides)
         return {k: s.feature for k, s in self.model_cls.input_specs(cfg).items()}
 
@@ -193,12 +198,13 @@ def describe_models() -> list[dict[str, Any]]:
     rows = []
     for name in list_models():
         info = get_model_info(name)
-        model = create_model(name)
+        with torch.device("meta"):  # shapes only: counting parameters needs no memory or init time
+            model = create_model(name)
         rows.append(
             {
                 "name": name,
                 "params": count_parameters(model),
-                "inputs": info.inputs(),
+                "inputs": info.inputs,
                 "paper": info.paper.get("title", ""),
                 "fold_plan": info.fold_plan,
                 "wa": info.paper.get("wa"),

@@ -93,9 +93,9 @@ def test_model_info(name):
         assert key in info.train
     assert info.train["select_on"].startswith("val_")  # never select on test
     if name in INPUTS:
-        assert info.inputs() == INPUTS[name]
+        assert info.inputs == INPUTS[name]
     model = create_model(name, **SMALL[name])
-    assert model.model_inputs() == info.inputs(**SMALL[name])
+    assert model.model_inputs() == info.inputs_for(**SMALL[name])
     # every batch key the specs announce is produced by example_batch, and the masks too
     batch = example_batch(name, **SMALL[name])
     for key, spec in info.input_specs(**SMALL[name]).items():
@@ -106,8 +106,9 @@ def test_model_info(name):
 
 def test_inputs_follow_config():
     info = get_model_info("rlc")
-    assert info.inputs(use_text=True) == {"lld": "lld17", "text": "word2vec"}
-    assert get_model_info("cat").inputs() == {"x": "logmel40"}
+    assert info.inputs_for(use_text=True) == {"lld": "lld17", "text": "word2vec"}
+    assert info.inputs == {"lld": "lld17"}
+    assert get_model_info("cat").inputs == {"x": "logmel40"}
 
 
 def test_paper_numbers():
