@@ -333,6 +333,11 @@ class Wav2Vec2Features(_HFExtractor):
 
     def _conv_geometry(self, cfg=None) -> tuple[int, int]:
         cfg = cfg or self.hf_config()
+        if not hasattr(cfg, "conv_kernel") or not hasattr(cfg, "conv_stride"):
+            raise ValueError(
+                f"features.wav2vec2.model {self.config.model!r} is a {cfg.model_type!r} model, not a speech encoder "
+                "with a CNN front end (wav2vec2 / HuBERT / WavLM / data2vec-audio)"
+            )
         stride, field = 1, 1
         for k, s in zip(cfg.conv_kernel, cfg.conv_stride, strict=True):
             field += (k - 1) * stride

