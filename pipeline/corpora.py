@@ -193,9 +193,10 @@ def _read_table(file: Path) -> pd.DataFrame:
                     df[c] = df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
             return df
         # every cell as text: a label "NA" or an id "001" must stay as written
-        return pd.read_csv(file, dtype=str, keep_default_na=False, sep=None, engine="python")
+        sep = "\t" if file.suffix.lower() in (".tsv", ".tab") else ","
+        return pd.read_csv(file, dtype=str, keep_default_na=False, sep=sep)
     except Exception as e:
-        raise ManifestError(f"{file}: cannot read the corpus table ({e}); it must be CSV or Parquet") from None
+        raise ManifestError(f"{file}: cannot read the corpus table ({e}); it must be CSV (comma), TSV (.tsv) or Parquet") from None
 
 
 def _table_to_manifest(

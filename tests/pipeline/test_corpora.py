@@ -170,6 +170,10 @@ def test_generic_minimal_csv(csv_corpus):
     df2 = build_manifest("manifest", lists / "all.csv")
     assert df2["path"][0] == (root / "audio" / "s0.wav").as_posix()
     assert df2["audio_sha256"].tolist() == df["audio_sha256"].tolist()
+    # TSV (transcripts with commas need no quoting there)
+    (lists / "all.tsv").write_text("path\tlabel\ttranscript\n../audio/s0.wav\tangry\tWell, no.\n")
+    tsv = build_manifest("manifest", root, file="lists/all.tsv")
+    assert tsv["transcript"].tolist() == ["Well, no."] and tsv["path"].tolist() == ["audio/s0.wav"]
 
 
 def test_generic_full_columns_segments_and_gender(csv_corpus):
@@ -271,3 +275,22 @@ def test_demo_adapter_reads_metadata(tmp_path, wav_factory):
 def test_demo_adapter_missing_metadata(tmp_path):
     with pytest.raises(ManifestError, match=r"metadata\.csv: demo corpus metadata not found; generate"):
         build_manifest("demo", tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:.*cannot stratify:UserWarning")  # 24 utterances: too few for 10 strata
+def test_generated_demo_corpus_end_to_end(tmp_path):
+    """The real demo generator's output → manifest → every fold plan (the `dvc repro` path on a fresh machine)."""
+    demo = pytest.importorskip("pipeline.demo_corpus")
+    from pipeline.folds import list_plans, make_folds
+    from pipeline.manifest import read_manifest, write_manifest
+
+    meta = demo.generate_demo_corpus(tmp_path / "demo", seed=1, n_speakers=6, n_sessions=3, utts_per_speaker=4,
+                                     min_duration=0.5, max_duration=0.8)
+    df = build_manifest("demo", tmp_path / "demo", jobs=2)
+    assert sorted(df["utt_id"]) == sorted(meta["utt_id"])
+    assert df["session"].nunique() == 3 and set(df["gender"]) <= {"F", "M"}
+    assert ((df["duration"] >= 0.5 - 1e-3) & (df["duration"] <= 0.8 + 1e-3)).all()
+    back = read_manifest(write_manifest(df, tmp_path / "manifest.parquet"))
+    for plan in list_plans():
+        folds = make_folds(plan, back)
+        assert set(folds["utt_id"]) == set(df["utt_id"])
