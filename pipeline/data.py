@@ -1,0 +1,447 @@
+"""Datasets and collation: per-utterance arrays from the feature store → padded, masked model batches.
+
+Everything is driven by the model registry's :class:`models.registry.InputSpec` (batch key → feature, kind,
+mask key), so one dataset/collate serves every model. Per paper, the input handling lives in the *train*
+settings (``models.get_model_info(name).train`` merged with ``params.yaml``), not in code:
+
+* **A (ilt, cat, baselines)** ``fixed_frames: 750``: every sequence is cut/zero-padded to exactly 750 frames
+  (7.5 s at 10 ms), mask True on the padding. ``noise_snr_db: 30`` adds white noise to train and validation
+  items. Features are stored, not audio, so the noise is added **in the power domain of the dB-scaled
+  log-Mel** (``x_dB → 10^(x/10) + n → 10·log10``) with a per-bin noise power of mean(signal power)/10^(SNR/10)
+  and Gamma(4, 1/4) fluctuation per (frame, bin). This approximates waveform white noise (with area-normalised
+  mel filters white noise has about equal power per bin) but is **not identical** to it (no STFT leakage, no
+  interaction with ``top_db`` clipping). ``noise_snr_db: null`` turns it off. Validation noise is seeded per
+  item (same every epoch) so that model selection sees a fixed validation set.
+* **B (ks_transformer)** ``max_len: {audio: 460, text: 20}``: longer sequences keep the first N steps,
+  shorter ones are zero-padded at the end by the collate (mask True = pad), as the authors' dataset does.
+* **E (head_fusion)** ``segment_s: 2.0, train_hop_s: 1.0, test_hop_s: 0.4, drop_short: true``: every
+  sequence input is cut into fixed windows (frames from the store's ``frame_shift``), trailing partial windows
+  dropped; ``drop_short`` drops utterances of ≤ 2 s as the paper does (``false`` keeps them as one zero-padded
+  window — what the demo uses, so that no fold of a short-utterance corpus is empty). Validation and test use
+  ``test_hop``; their logits are averaged per utterance (:func:`pipeline.train.evaluate`).
+* **C / D**: sequences padded to the batch maximum; phonemes ``(W, P)`` padded to ``(B, W_max, P_max)`` with 0,
+  the word mask (True = padding word) from the number of words.
+
+Arrays with layers, e.g. wav2vec2 ``(frames, n_layers, hidden)``, are reduced over the layer axis
+(``layer_reduce: mean`` (default) or ``last``). An empty sequence (e.g. GloVe ``(0, d)`` for an empty transcript)
+becomes one zero step that is *not* masked, so attention never sees an all-padding row (which gives NaN).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from features.store import FeatureReader, StoreError
+
+
+class DataError(ValueError):
+    """Inputs for training that cannot be used; the message names the file/key and the fix."""
+
+
+@dataclass(frozen=True)
+class InputView:
+    """How one batch key is read from the store and shaped.
+
+    ``key``: batch key (e.g. ``"x"``); ``feature``: store name; ``kind``: ``sequence`` | ``vector`` |
+    ``phonemes``; ``mask_key``: batch key of the padding mask (None: no mask); ``max_len``: keep the first N
+    steps; ``fixed_len``: cut and pad to exactly N steps; ``layer_reduce``: ``mean`` | ``last`` for 3-D arrays.
+    """
+
+    key: str
+    feature: str
+    kind: str
+    mask_key: str | None = None
+    max_len: int | None = None
+    fixed_len: int | None = None
+    layer_reduce: str = "mean"
+
+
+@dataclass(frozen=True)
+class Segmenting:
+    """Fixed-window segmentation of sequence inputs (paper E). Lengths in frames of the store."""
+
+    window: int
+    train_hop: int
+    test_hop: int
+    drop_short: bool = True
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts (stable across processes, unlike ``hash``)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# ----------------------------------------------------------------------------------------------- views
+
+
+def make_views(specs: Mapping[str, Any], train_cfg: Mapping[str, Any]) -> dict[str, InputView]:
+    """Input views from the model's ``input_specs`` and the train settings (``max_len``, ``fixed_frames``,
+    ``fixed_len``, ``layer_reduce``)."""
+    max_len = dict(train_cfg.get("max_len") or {})
+    fixed_len = dict(train_cfg.get("fixed_len") or {})
+    fixed_frames = train_cfg.get("fixed_frames")
+    views = {}
+    for key, spec in specs.items():
+        fl = fixed_len.get(key)
+        if fl is None and fixed_frames and spec.kind == "sequence":
+            fl = int(fixed_frames)
+        views[key] = InputView(
+            key=key,
+            feature=spec.feature,
+            kind=spec.kind,
+            mask_key=spec.mask_key,
+            max_len=max_len.get(key),
+            fixed_len=fl,
+            layer_reduce=str(train_cfg.get("layer_reduce", "mean")),
+        )
+    return views
+
+
+def open_readers(features_dir: str | Path, features: Iterable[str]) -> dict[str, FeatureReader]:
+    """One :class:`FeatureReader` per feature name from ``<features_dir>/<feature>.h5``."""
+    out = {}
+    for name in dict.fromkeys(features):
+        path = Path(features_dir) / f"{name}.h5"
+        if not path.exists():
+            raise DataError(
+                f"{path}: feature file not found; extract it first (`dvc repro extract@{name}`) or `dvc pull` it"
+            )
+        out[name] = FeatureReader(path)
+    return out
+
+
+def reduce_layers(a: np.ndarray, how: str = "mean") -> np.ndarray:
+    """``(T, L, H)`` → ``(T, H)`` by mean or last layer; other shapes unchanged."""
+    if a.ndim == 3:
+        if how == "mean":
+            return a.mean(axis=1)
+        if how == "last":
+            return a[:, -1]
+        raise DataError(f"layer_reduce must be 'mean' or 'last', got {how!r}")
+    return a
+
+
+def phoneme_vocab_size(reader: FeatureReader) -> int:
+    """Vocabulary size (incl. id 0 = pad) of a phonemes file: from the id table recorded in its attributes
+    (``provenance["phoneme_vocab"]``, id 0 = ``<pad>``), else max id + 1 over the whole file."""
+    for source in (reader.meta.provenance, reader.meta.config):
+        v = source.get("phoneme_vocab")
+        if isinstance(v, (list, tuple)) and v:
+            return len(v) if v[0] in ("<pad>", "") else len(v) + 1
+        if isinstance(source.get("phoneme_vocab_size"), int):
+            return int(source["phoneme_vocab_size"])
+    top = 0
+    for u in reader.keys():
+        a = reader[u]
+        if a.size:
+            top = max(top, int(a.max()))
+    return top + 1
+
+
+def resolve_dims(
+    specs: Mapping[str, Any], readers: Mapping[str, FeatureReader], layer_reduce: str = "mean"
+) -> dict[str, int]:
+    """``{dim_param: value}`` read from the store, to pass to ``create_model`` (e.g. ``{"n_mels": 40}``)."""
+    dims: dict[str, int] = {}
+    for key, spec in specs.items():
+        reader = readers[spec.feature]
+        if spec.kind == "phonemes":
+            dims[spec.dim_param] = phoneme_vocab_size(reader)
+            continue
+        keys = reader.keys()
+        if not keys:
+            raise DataError(f"{reader.path}: holds no utterances (input {key!r}); re-run its extraction")
+        a = reduce_layers(np.asarray(reader[keys[0]]), layer_reduce)
+        dims[spec.dim_param] = int(a.shape[-1])
+    return dims
+
+
+def feature_frame_shift(reader: FeatureReader) -> float:
+    fs = reader.meta.frame_shift
+    if not fs or not math.isfinite(fs) or fs <= 0:
+        raise DataError(f"{reader.path}: no frame_shift recorded; segmentation needs a frame-level feature")
+    return float(fs)
+
+
+def make_segmenting(train_cfg: Mapping[str, Any], frame_shift: float) -> Segmenting | None:
+    """Windows in frames from the train settings ``segment_s``, ``train_hop_s``, ``test_hop_s`` (seconds) and
+    ``drop_short``; None when ``segment_s`` is unset.
+
+    A window of S seconds has ``floor(S / frame_shift) + 1`` frames: the frame count librosa's centred STFT
+    gives for an S-second clip (2 s of 16 kHz audio at hop 512 → 63 frames, the paper code's (·, 63) input).
+
+    >>> make_segmenting({"segment_s": 2.0, "train_hop_s": 1.0, "test_hop_s": 0.4}, 512 / 16000)
+    Segmenting(window=63, train_hop=31, test_hop=12, drop_short=True)
+    """
+    if not train_cfg.get("segment_s"):
+        return None
+    window = int(math.floor(float(train_cfg["segment_s"]) / frame_shift + 1e-9)) + 1
+    train_hop = max(1, int(round(float(train_cfg.get("train_hop_s") or 1.0) / frame_shift)))
+    test_hop = max(1, int(round(float(train_cfg.get("test_hop_s") or 0.4) / frame_shift)))
+    drop = train_cfg.get("drop_short")
+    return Segmenting(window, train_hop, test_hop, True if drop is None else bool(drop))
+
+
+def segment_starts(n_frames: int, window: int, hop: int, drop_short: bool) -> list[int]:
+    """Window start frames: full windows only (trailing partial window dropped, as the paper's code).
+
+    An utterance of ≤ ``window`` frames gives no window when ``drop_short`` (the paper drops utterances of
+    ≤ 2 s), else one window at 0 (padded by the collate).
+
+    >>> segment_starts(10, 4, 2, True), segment_starts(4, 4, 2, True), segment_starts(3, 4, 2, False)
+    ([0, 2, 4, 6], [], [0])
+    """
+    if n_frames <= window:
+        return [] if drop_short else [0]
+    return list(range(0, n_frames - window + 1, hop))
+
+
+# ----------------------------------------------------------------------------------------------- noise
+
+
+def add_power_noise_db(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """White noise at ``snr_db`` added to a dB-scaled (``power_to_db``) spectrogram ``x`` (T, F) → (T, F).
+
+    See the module docstring: an approximation of waveform white noise in the feature domain.
+    """
+    if x.size == 0:
+        return x
+    power = np.power(10.0, x.astype(np.float64) / 10.0)
+    noise_level = power.mean() / (10.0 ** (snr_db / 10.0))
+    noise = noise_level * rng.gamma(4.0, 0.25, size=x.shape)
+    return (10.0 * np.log10(power + noise)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class Item:
+    utt_id: str
+    start: int | None = None  # window start frame (segmented datasets)
+
+
+@dataclass
+class FeatureDataset(Dataset):
+    """Items of one split: ``dict(key → np.ndarray, "label" → int, "index" → int)``.
+
+    ``items``: one per utterance, or one per window when segmented; ``utt_index`` maps each item to its
+    utterance's position in ``utt_ids`` (for per-utterance averaging). Readers open lazily in each DataLoader
+    worker. ``noise``: ``(snr_db, per_epoch)`` or None — per_epoch False gives the same noise every epoch.
+    """
+
+    readers: dict[str, FeatureReader]
+    views: dict[str, InputView]
+    utt_ids: list[str]
+    labels: list[int]
+    segmenting: Segmenting | None = None
+    split: str = "train"
+    noise_snr_db: float | None = None
+    seed: int = 0
+    items: list[Item] = field(default_factory=list)
+    utt_index: list[int] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.utt_ids) != len(self.labels):
+            raise ValueError("utt_ids and labels differ in length")
+        for view in self.views.values():
+            if view.feature not in self.readers:
+                raise DataError(f"no reader for feature {view.feature!r} (input {view.key!r})")
+        missing = {
+            f: [u for u in self.utt_ids if u not in r] for f, r in self.readers.items() if f in self._features()
+        }
+        missing = {f: m for f, m in missing.items() if m}
+        if missing:
+            f, m = next(iter(missing.items()))
+            raise DataError(
+                f"{self.readers[f].path}: {len(m)} utterance(s) of the {self.split} split are missing "
+                f"(e.g. {m[:3]}); re-run `dvc repro extract@{f}` for the current manifest"
+            )
+        self.items, self.utt_index, self.dropped = [], [], []
+        if self.segmenting is None:
+            for i, u in enumerate(self.utt_ids):
+                self.items.append(Item(u))
+                self.utt_index.append(i)
+            return
+        seq_views = [v for v in self.views.values() if v.kind == "sequence"]
+        if not seq_views:
+            raise DataError("segmentation needs a sequence input")
+        ref = seq_views[0]
+        hop = self.segmenting.train_hop if self.split == "train" else self.segmenting.test_hop
+        h5 = self.readers[ref.feature]._utts()  # shapes only: no array read
+        for i, u in enumerate(self.utt_ids):
+            starts = segment_starts(h5[u].shape[0], self.segmenting.window, hop, self.segmenting.drop_short)
+            if not starts:
+                self.dropped.append(u)
+            for s in starts:
+                self.items.append(Item(u, s))
+                self.utt_index.append(i)
+
+    def _features(self) -> set[str]:
+        return {v.feature for v in self.views.values()}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training noise differs per epoch (seeded by seed, epoch, item); call before each epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.items[i]
+        out: dict[str, Any] = {"label": self.labels[self.utt_index[i]], "index": i}
+        for key, view in self.views.items():
+            a = np.asarray(self.readers[view.feature][item.utt_id])
+            if view.kind == "sequence":
+                a = reduce_layers(a, view.layer_reduce).astype(np.float32, copy=False)
+                if item.start is not None and self.segmenting is not None:
+                    a = a[item.start : item.start + self.segmenting.window]
+                if view.max_len is not None:
+                    a = a[: view.max_len]
+                if view.fixed_len is not None:
+                    a = a[: view.fixed_len]
+                if self.noise_snr_db is not None and self.split in ("train", "val"):
+                    epoch = self.epoch if self.split == "train" else -1
+                    rng = np.random.default_rng(stable_seed(self.seed, self.split, epoch, i, key))
+                    a = add_power_noise_db(a, float(self.noise_snr_db), rng)
+            elif view.kind == "vector":
+                a = a.astype(np.float32, copy=False).reshape(-1)
+            elif view.kind == "phonemes":
+                a = a.astype(np.int64, copy=False)
+                if a.ndim != 2:
+                    raise DataError(f"{self.readers[view.feature].path}: {item.utt_id} phonemes must be (words, phones)")
+            else:
+                raise DataError(f"unknown input kind {view.kind!r} for input {key!r}")
+            out[key] = a
+        return out
+
+
+def collate(items: Sequence[dict[str, Any]], views: Mapping[str, InputView], segment_len: int | None = None) -> dict[str, torch.Tensor]:
+    """Stack items into a batch: sequences ``(B, T, D)`` float + ``<mask_key>`` bool ``(B, T)`` True = pad;
+    vectors ``(B, D)``; phonemes ``(B, W, P)`` long (0 = pad) + word mask ``(B, W)``; ``label``/``index`` ``(B,)``.
+
+    ``T`` is the batch maximum, or the view's ``fixed_len`` / ``segment_len`` when set.
+    """
+    batch: dict[str, torch.Tensor] = {
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }
+    B = len(items)
+    for key, view in views.items():
+        arrays = [it[key] for it in items]
+        if view.kind == "vector":
+            batch[key] = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
+            continue
+        if view.kind == "sequence":
+            dim = arrays[0].shape[-1]
+            lengths = [max(len(a), 1) for a in arrays]  # empty → one zero step, unmasked
+            T = view.fixed_len or segment_len or max(lengths)
+            x = np.zeros((B, T, dim), np.float32)
+            mask = np.ones((B, T), bool)
+            for b, a in enumerate(arrays):
+                n = min(len(a), T)
+                x[b, :n] = a[:n]
+                mask[b, : max(n, 1)] = False
+            batch[key] = torch.from_numpy(x)
+        else:  # phonemes
+            W = max(max(a.shape[0] for a in arrays), 1)
+            P = max(max((a.shape[1] for a in arrays if a.size), default=1), 1)
+            x = np.zeros((B, W, P), np.int64)
+            mask = np.ones((B, W), bool)
+            for b, a in enumerate(arrays):
+                x[b, : a.shape[0], : a.shape[1]] = a
+                mask[b, : max(a.shape[0], 1)] = False
+            batch[key] = torch.from_numpy(x)
+        if view.mask_key:
+            m = torch.from_numpy(mask)
+            # two inputs may share a mask (multilevel: phonemes and glove → glove_mask); they must agree
+            if view.mask_key in batch and not torch.equal(batch[view.mask_key], m):
+                raise DataError(
+                    f"inputs sharing the mask {view.mask_key!r} have different lengths (e.g. phonemes vs glove "
+                    "words); re-extract both features with the same tokeniser"
+                )
+            batch[view.mask_key] = m
+    return batch
+
+
+class Collate:
+    """Picklable collate_fn for DataLoader workers."""
+
+    def __init__(self, views: Mapping[str, InputView], segment_len: int | None = None):
+        self.views = dict(views)
+        self.segment_len = segment_len
+
+    def __call__(self, items):
+        return collate(items, self.views, self.segment_len)
+
+
+# ----------------------------------------------------------------------------------------------- folds
+
+
+def split_of_fold(folds: pd.DataFrame, fold: int) -> dict[str, list[str]]:
+    """``{"train", "val", "test"}`` → sorted utterance ids of ``fold`` in a fold-plan table."""
+    rows = folds[folds["fold"] == fold]
+    if rows.empty:
+        raise DataError(f"fold {fold} is not in the fold plan (folds: {sorted(folds['fold'].unique().tolist())})")
+    out = {s: sorted(rows.loc[rows["split"] == s, "utt_id"].astype(str)) for s in ("train", "val", "test")}
+    for s in ("train", "test"):
+        if not out[s]:
+            raise DataError(f"fold {fold} has an empty {s} split; rebuild the fold plan")
+    if not out["val"]:
+        raise DataError(
+            f"fold {fold} has no validation split: model selection needs one (never select on test); "
+            "rebuild the fold plan with a validation split"
+        )
+    return out
+
+
+def class_labels(manifest: pd.DataFrame, utt_ids: Iterable[str] | None = None) -> list[str]:
+    """Sorted class names (of ``utt_ids`` when given): the model's output order."""
+    df = manifest if utt_ids is None else manifest[manifest["utt_id"].isin(set(utt_ids))]
+    return sorted(df["label"].astype(str).unique().tolist())
+
+
+def label_ids(manifest: pd.DataFrame, utt_ids: Sequence[str], labels: Sequence[str]) -> list[int]:
+    lab = manifest.set_index("utt_id")["label"].astype(str)
+    missing = [u for u in utt_ids if u not in lab.index]
+    if missing:
+        raise DataError(f"{len(missing)} fold-plan utterance(s) are not in the manifest (e.g. {missing[:3]}); "
+                        "rebuild the fold plan from the current manifest")
+    index = {c: i for i, c in enumerate(labels)}
+    return [index[lab[u]] for u in utt_ids]
+
+
+__all__ = [
+    "Collate",
+    "DataError",
+    "FeatureDataset",
+    "InputView",
+    "Segmenting",
+    "StoreError",
+    "add_power_noise_db",
+    "class_labels",
+    "collate",
+    "feature_frame_shift",
+    "label_ids",
+    "make_segmenting",
+    "make_views",
+    "open_readers",
+    "reduce_layers",
+    "resolve_dims",
+    "segment_starts",
+    "split_of_fold",
+    "stable_seed",
+]

@@ -1,0 +1,646 @@
+"""Prefect flows: cross-validated training and evaluation of one model over its paper's fold plan.
+
+``cross_validate(model, plan, ...)`` (a Prefect ``@flow``) runs one ``train_fold`` task per fold, then writes
+``<results_dir>/<model>/{metrics.json, confusion.csv, confusion.png, predictions.parquet}`` and a run record
+``<runs_dir>/<model>/<time>-<flow run id>/run.json`` (parameters, git revision, metrics), and publishes a
+metrics table and a confusion-matrix Markdown artifact. It runs with no server (Prefect's ephemeral API), or
+against a server when ``PREFECT_API_URL`` is set (``prefect server start``; runs then show in the UI).
+
+Caching (resume of an interrupted CV)
+    Each fold task's cache key is a sha256 of *content*: the model name and resolved config, the training
+    settings that change results (not device/workers), the fold's rows of the plan (utt_id, split), the labels
+    of its utterances, the extractor version/config hash and per-utterance source checksums recorded in every
+    feature file it reads, and the source code of ``pipeline/{data,train,metrics}.py`` and ``models/*.py``.
+    Paths and timestamps are not in the key. Results are persisted as JSON under ``<storage_dir>/results``, so a
+    rerun (after a kill, or of an unchanged configuration) returns finished folds from the cache and retrains
+    only the others; a fold killed mid-training resumes from its per-epoch checkpoint under
+    ``<storage_dir>/checkpoints/<model>/<cache key>/``. ``refresh_cache=True`` retrains everything.
+
+Task runners (``task_runner`` parameter, also settable from the UI)
+    ``threads`` (``ThreadPoolTaskRunner``; folds in one process train one at a time, see pipeline/train.py),
+    ``processes`` (``ProcessPoolTaskRunner``: parallel folds, one process each), ``dask``
+    (``prefect_dask.DaskTaskRunner``: a ``LocalCluster`` of ``max_workers`` single-threaded worker processes,
+    or an existing cluster at ``dask_address``).
+
+:func:`run_cross_validation` is what the DVC stage calls; :func:`serve` registers the flow as a deployment so
+runs can be started from the Prefect UI with parameters.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from pipeline.metrics import aggregate_folds, compute_metrics, confusion_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+#: source files whose content is part of every fold's cache key
+CODE_FILES = ("pipeline/data.py", "pipeline/train.py", "pipeline/metrics.py")
+DEFAULT_STORAGE = ".emoflow/prefect"
+TASK_RUNNERS = ("threads", "processes", "dask")
+
+
+class FlowError(RuntimeError):
+    """A cross-validation that cannot run as configured; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_version() -> str:
+    """sha256 over the training code and every model module (content, not the git revision: an unrelated
+    commit does not invalidate finished folds, any change to the code that trains them does)."""
+    h = hashlib.sha256()
+    files = [ROOT / f for f in CODE_FILES] + sorted((ROOT / "models").glob("*.py"))
+    for p in files:
+        h.update(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def git_revision(cwd: str | Path = ROOT) -> dict[str, Any]:
+    """``{"revision": sha or None, "dirty": bool or None}`` of the checkout (provenance of a run)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    rev = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"revision": rev, "dirty": None if status is None else bool(status)}
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf → None, numpy → Python, tuples → lists (strict JSON for DVC and the UI)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def split_params(params: Mapping[str, Any] | None, model: str) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    """``(model_params, train_params, rest)`` from either a whole ``params.yaml`` dict (``models.<model>`` and
+    ``train`` sections) or ``{"model": {...}, "train": {...}}``. A ``train`` key inside the model's section holds
+    per-model training overrides, applied over the global ``train`` section."""
+    params = dict(params or {})
+    if "models" in params or "dataset" in params:
+        model_sec = dict((params.get("models") or {}).get(model) or {})
+    else:
+        model_sec = dict(params.get("model") or {})
+    train = dict(params.get("train") or {})
+    per_model = model_sec.pop("train", None) or {}
+    train.update({k: v for k, v in per_model.items() if v is not None})
+    return model_sec, train, params
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def load_inputs(manifest_path: str | Path, folds_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from pipeline.folds import read_folds
+    from pipeline.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    return manifest, read_folds(folds_path)
+
+
+def feature_provenance(features_dir: str | Path, features: list[str]) -> dict[str, dict[str, Any]]:
+    from features.store import FeatureReader
+
+    out = {}
+    for name in features:
+        r = FeatureReader(Path(features_dir) / f"{name}.h5")
+        try:
+            m = r.meta
+            out[name] = {
+                "extractor": m.extractor,
+                "extractor_version": m.extractor_version,
+                "config_hash": m.config_hash,
+                "random_weights": m.random_weights,
+                "weights": m.provenance.get("weights") or m.provenance.get("model") or m.provenance.get("source"),
+            }
+        finally:
+            r.close()
+    return out
+
+
+def fold_cache_key(
+    model: str,
+    fold: int,
+    *,
+    manifest: pd.DataFrame,
+    folds: pd.DataFrame,
+    features_dir: str | Path,
+    model_params: Mapping[str, Any],
+    train_cfg: Mapping[str, Any],
+    labels: list[str],
+    code: str | None = None,
+) -> str:
+    """Content hash identifying one fold's training (see the module docstring); no paths, no timestamps."""
+    from features.store import FeatureReader
+    from models import get_model_info, make_config
+    from pipeline.train import RUNTIME_KEYS
+
+    info = get_model_info(model)
+    specs = info.input_specs(**dict(model_params))
+    rows = folds[folds["fold"] == fold]
+    fold_rows = sorted(zip(rows["utt_id"].astype(str), rows["split"].astype(str), strict=True))
+    utts = {u for u, _ in fold_rows}
+    lab = manifest.set_index(manifest["utt_id"].astype(str))["label"].astype(str)
+    feats = {}
+    for name in sorted({s.feature for s in specs.values()}):
+        r = FeatureReader(Path(features_dir) / f"{name}.h5")
+        try:
+            sums = r.checksums()
+            feats[name] = {
+                "extractor": r.meta.extractor,
+                "version": r.meta.extractor_version,
+                "config_hash": r.meta.config_hash,
+                "utts": _sha(sorted((u, sums.get(u)) for u in utts)),
+            }
+        finally:
+            r.close()
+    cfg = make_config(model, **dict(model_params))
+    payload = {
+        "model": model,
+        "model_config": repr(cfg),
+        "train": {k: v for k, v in sorted(train_cfg.items()) if k not in RUNTIME_KEYS},
+        "fold": int(fold),
+        "fold_rows": _sha(fold_rows),
+        "labels": labels,
+        "utt_labels": _sha(sorted((u, lab.get(u)) for u in utts)),
+        "features": feats,
+        "code": code or code_version(),
+    }
+    return f"{model}-fold{int(fold)}-{_sha(payload)[:32]}"
+
+
+# ----------------------------------------------------------------------------------------------- the task
+
+
+def _key_from_param(context, parameters: dict[str, Any]) -> str:
+    return str(parameters["cache_key"])
+
+
+@task(name="train_fold", persist_result=True, result_serializer="json", cache_key_fn=_key_from_param)
+def train_fold_task(
+    model: str,
+    fold: int,
+    cache_key: str,
+    manifest_path: str,
+    folds_path: str,
+    features_dir: str,
+    model_params: dict[str, Any],
+    train_params: dict[str, Any],
+    labels: list[str],
+    checkpoint_root: str | None,
+) -> dict[str, Any]:
+    """Train one fold (pipeline.train.train_fold) and return its :class:`FoldResult` as a plain dict."""
+    from pipeline.train import train_fold
+
+    logger = get_run_logger()
+    manifest, folds = load_inputs(manifest_path, folds_path)
+    ckpt = Path(checkpoint_root) / model / cache_key if checkpoint_root else None
+    result = train_fold(
+        model,
+        fold,
+        manifest=manifest,
+        folds=folds,
+        features_dir=features_dir,
+        model_params=model_params,
+        train_params=train_params,
+        checkpoint_dir=ckpt,
+        labels=labels,
+        log=logger.info,
+    )
+    return _jsonable(result.to_dict())
+
+
+def make_task_runner(kind: str = "threads", max_workers: int | None = None, dask_address: str | None = None):
+    """A Prefect task runner by name: ``threads`` | ``processes`` | ``dask`` (needs ``prefect-dask``)."""
+    if kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    if kind == "processes":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=max_workers)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise FlowError("task_runner 'dask' needs prefect-dask: pip install 'emoflow[dask]'") from None
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        kw = {"processes": True, "threads_per_worker": 1}
+        if max_workers:
+            kw["n_workers"] = int(max_workers)
+        return DaskTaskRunner(cluster_kwargs=kw)
+    raise FlowError(f"unknown task_runner {kind!r}; choose one of {', '.join(TASK_RUNNERS)}")
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def summarise(model: str, fold_results: list[dict[str, Any]]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(metrics, predictions): per-fold, mean ± std and pooled metrics, and all folds' test predictions."""
+    if not fold_results:
+        raise FlowError(f"{model}: no fold results to summarise")
+    labels = fold_results[0]["labels"]
+    agg = aggregate_folds([r["test"] for r in fold_results])
+    preds = pd.concat([pd.DataFrame(r["predictions"]) for r in fold_results], ignore_index=True)
+    pooled = compute_metrics(preds["label"], preds["pred"], labels)
+    out: dict[str, Any] = {}
+    for k in ("wa", "ua", "macro_f1"):
+        out[k] = {"mean": agg[k]["mean"], "std": agg[k]["std"], "pooled": pooled[k]}
+    out["per_class_recall"] = {
+        lab: {**agg["per_class_recall"].get(lab, {}), "pooled": pooled["per_class_recall"][lab]} for lab in labels
+    }
+    out["folds"] = {
+        str(r["fold"]): {
+            "wa": r["test"]["wa"],
+            "ua": r["test"]["ua"],
+            "macro_f1": r["test"]["macro_f1"],
+            "per_class_recall": r["test"]["per_class_recall"],
+            "val_wa": r["val"]["wa"],
+            "val_ua": r["val"]["ua"],
+            "best_epoch": r["best_epoch"],
+            "epochs_run": r["epochs_run"],
+            "n_train": r["n_train"],
+            "n_val": r["n_val"],
+            "n_test": r["n_test"],
+            "n_test_dropped": r["test"].get("n_dropped", 0),
+            "runtime_s": r["runtime_s"],
+            "train_samples_per_s": r["train_samples_per_s"],
+        }
+        for r in fold_results
+    }
+    out["n_folds"] = len(fold_results)
+    out["labels"] = labels
+    out["pooled_confusion"] = pooled["confusion"]
+    out["pooled_confusion_normalized"] = pooled["confusion_normalized"]
+    out["train_samples_per_s"] = float(np.nanmean([r["train_samples_per_s"] for r in fold_results]))
+    out["fold_runtime_s"] = float(sum(r["runtime_s"] for r in fold_results))
+    return out, preds
+
+
+def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFrame) -> dict[str, Path]:
+    """``metrics.json``, ``confusion.csv`` (actual,predicted rows for ``dvc plots``), ``confusion.png`` and
+    ``predictions.parquet`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("metrics.json", "confusion.csv", "confusion.png", "predictions.parquet")}
+    public = {k: v for k, v in metrics.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")}
+    _write_json(paths["metrics.json"], public)
+    preds[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"}).to_csv(
+        paths["confusion.csv"], index=False
+    )
+    preds.to_parquet(paths["predictions.parquet"], index=False)
+    plot_confusion(metrics["pooled_confusion"], metrics["labels"], paths["confusion.png"],
+                   title=f"{metrics.get('model', '')} — pooled test predictions ({metrics.get('corpus', '')})")
+    return paths
+
+
+def plot_confusion(confusion: list[list[int]], labels: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix heat map with counts (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5), dpi=100)
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _artifact_key(model: str, what: str) -> str:
+    return f"{model}-{what}".lower().replace("_", "-")
+
+
+def publish_artifacts(model: str, metrics: dict[str, Any]) -> None:
+    """A metrics table (one row per fold + mean ± std + pooled) and the pooled confusion matrix (Markdown)."""
+    rows = []
+    for fold, m in metrics["folds"].items():
+        rows.append({"fold": fold, "WA": round(m["wa"], 2), "UA": round(m["ua"], 2),
+                     "macro-F1": round(m["macro_f1"], 2), "val WA": round(m["val_wa"], 2),
+                     "val UA": round(m["val_ua"], 2), "best epoch": m["best_epoch"], "n test": m["n_test"]})
+
+    def fmt(k, sub):
+        v = metrics[k][sub]
+        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, 2)
+
+    rows.append({"fold": "mean", **{n: fmt(k, "mean") for n, k in (("WA", "wa"), ("UA", "ua"), ("macro-F1", "macro_f1"))}})
+    rows.append({"fold": "std", **{n: fmt(k, "std") for n, k in (("WA", "wa"), ("UA", "ua"), ("macro-F1", "macro_f1"))}})
+    rows.append({"fold": "pooled", **{n: fmt(k, "pooled") for n, k in (("WA", "wa"), ("UA", "ua"), ("macro-F1", "macro_f1"))}})
+    paper = metrics.get("paper") or {}
+    flag = "" if metrics.get("comparable_to_paper") else " — NOT comparable to the paper (" + "; ".join(
+        metrics.get("not_comparable_because", [])) + ")"
+    create_table_artifact(
+        key=_artifact_key(model, "cv-metrics"),
+        table=_jsonable(rows),
+        description=f"{model} on {metrics.get('corpus')} ({metrics.get('fold_plan')}): test metrics in %. "
+        f"Paper: WA {paper.get('wa')} / UA {paper.get('ua')}{flag}",
+    )
+    labels = metrics["labels"]
+    md = "\n\n".join([
+        f"# {model}: pooled test confusion matrix",
+        f"corpus **{metrics.get('corpus')}**, plan `{metrics.get('fold_plan')}`, {metrics['n_folds']} folds{flag}",
+        "## Counts",
+        confusion_markdown(metrics["pooled_confusion"], labels),
+        "## Row-normalised (recall per actual class)",
+        confusion_markdown(metrics["pooled_confusion_normalized"], labels, normalized=True),
+    ])
+    create_markdown_artifact(key=_artifact_key(model, "confusion"), markdown=md,
+                             description=f"{model}: pooled confusion matrix")
+
+
+# ----------------------------------------------------------------------------------------------- the flow
+
+
+@flow(name="cross_validate", log_prints=True)
+def cross_validate(
+    model: str,
+    plan: str | None = None,
+    manifest_path: str = "data/manifest.parquet",
+    folds_dir: str = "data/folds",
+    features_dir: str = "data/features",
+    results_dir: str | None = None,
+    runs_dir: str | None = "runs",
+    storage_dir: str = DEFAULT_STORAGE,
+    model_params: dict[str, Any] | None = None,
+    train_params: dict[str, Any] | None = None,
+    folds: list[int] | None = None,
+    corpus: str | None = None,
+    task_runner: str = "threads",
+    max_workers: int | None = None,
+    dask_address: str | None = None,
+    refresh_cache: bool = False,
+) -> dict[str, Any]:
+    """Cross-validate ``model`` on fold plan ``plan`` (default: the model's paper plan).
+
+    Writes ``<results_dir>/<model>/`` (when ``results_dir`` is set) and a run record under ``<runs_dir>``;
+    returns the metrics dict (the content of ``metrics.json``).
+    """
+    from models import get_model_info
+    from pipeline.data import class_labels
+    from pipeline.train import resolve_train_config
+
+    logger = get_run_logger()
+    t0 = _dt.datetime.now(_dt.timezone.utc)
+    info = get_model_info(model)
+    plan = plan or info.fold_plan
+    folds_path = Path(folds_dir) / f"{plan}.parquet"
+    manifest, plan_df = load_inputs(manifest_path, folds_path)
+    from pipeline.folds import plan_hash
+
+    model_params = dict(model_params or {})
+    train_cfg = resolve_train_config(info.train, train_params)
+    all_folds = sorted(int(f) for f in plan_df["fold"].unique())
+    run_folds = all_folds if folds is None else [f for f in all_folds if f in set(folds)]
+    if not run_folds:
+        raise FlowError(f"no folds to run: plan {plan} has folds {all_folds}, requested {folds}")
+    labels = class_labels(manifest, plan_df["utt_id"].astype(str))
+
+    # dimensions come from the store: resolve them once so the cache key sees the real model config
+    from pipeline.data import open_readers, resolve_dims
+
+    specs = info.input_specs(**model_params)
+    readers = open_readers(features_dir, [s.feature for s in specs.values()])
+    resolved_params = {**model_params, **resolve_dims(specs, readers, str(train_cfg.get("layer_reduce", "mean")))}
+    for r in readers.values():
+        r.close()
+    feats = feature_provenance(features_dir, sorted({s.feature for s in specs.values()}))
+    code = code_version()
+    storage = Path(storage_dir)
+    # a Path is a local result store (no block document needed, works with and without a server)
+    result_storage = (storage / "results").resolve()
+    checkpoint_root = str((storage / "checkpoints").resolve())
+
+    runner = make_task_runner(task_runner, max_workers, dask_address)
+    fold_results: list[dict[str, Any]] = []
+    with runner:
+        futures = []
+        for f in run_folds:
+            key = fold_cache_key(model, f, manifest=manifest, folds=plan_df, features_dir=features_dir,
+                                 model_params=resolved_params, train_cfg=train_cfg, labels=labels, code=code)
+            t = train_fold_task.with_options(
+                task_run_name=f"{model}-fold{f}",
+                result_storage=result_storage,
+                refresh_cache=refresh_cache,
+            )
+            params = dict(model=model, fold=f, cache_key=key, manifest_path=str(Path(manifest_path).resolve()),
+                          folds_path=str(folds_path.resolve()), features_dir=str(Path(features_dir).resolve()),
+                          model_params=resolved_params, train_params=dict(train_params or {}), labels=labels,
+                          checkpoint_root=checkpoint_root)
+            futures.append(runner.submit(t, parameters=params))
+        cached = []
+        for f, fut in zip(run_folds, futures, strict=True):
+            fold_results.append(fut.result())
+            if fut.state.name == "Cached":
+                cached.append(f)
+        if cached:
+            logger.info(f"{model}: folds {cached} reused from the cache (same content key)")
+    fold_results.sort(key=lambda r: r["fold"])
+
+    metrics, preds = summarise(model, fold_results)
+    random_feats = sorted(n for n, p in feats.items() if p["random_weights"])
+    corpus = corpus or "unknown"
+    reasons = []
+    if corpus.lower() != "iemocap":
+        reasons.append(f"corpus is {corpus!r}, the papers used IEMOCAP")
+    if random_feats:
+        reasons.append(f"random-weight encoders: {', '.join(random_feats)}")
+    if plan != info.fold_plan:
+        reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
+    t1 = _dt.datetime.now(_dt.timezone.utc)
+    out: dict[str, Any] = {
+        "model": model,
+        "corpus": corpus,
+        "comparable_to_paper": not reasons,
+        "not_comparable_because": reasons,
+        "fold_plan": plan,
+        "plan_hash": plan_hash(plan_df),
+        "protocol": info.paper.get("protocol"),
+        "select_on": train_cfg["select_on"],
+        "features": feats,
+        "random_weights_features": random_feats,
+        "paper": {k: info.paper.get(k) for k in ("wa", "ua", "row", "title", "protocol")},
+        **metrics,
+        "runtime_s": (t1 - t0).total_seconds(),
+        "train": {k: v for k, v in train_cfg.items()},
+        "model_params": resolved_params,
+        "code_version": code,
+    }
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.id) if flow_run.id else None
+    out["run"] = {
+        "flow_run_id": run_id,
+        "flow_run_name": flow_run.name,
+        "started": t0.isoformat(),
+        "finished": t1.isoformat(),
+        "git": git_revision(),
+        "prefect_api_url": os.environ.get("PREFECT_API_URL") or None,
+        "parameters": _jsonable(dict(flow_run.parameters or {})),
+        "cached_folds": cached,
+    }
+    if results_dir:
+        paths = write_results(Path(results_dir) / model, out, preds)
+        logger.info(f"{model}: results → {paths['metrics.json'].parent}")
+    if runs_dir:
+        stamp = t0.strftime("%Y%m%dT%H%M%SZ")
+        rdir = Path(runs_dir) / model / f"{stamp}-{(run_id or 'local')[:8]}"
+        write_results(rdir, out, preds)
+        _write_json(rdir / "run.json", out["run"])
+    publish_artifacts(model, out)
+    logger.info(
+        f"{model}: WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "
+        f"{out['ua']['std']:.2f} over {len(fold_results)} folds"
+        + ("" if out["comparable_to_paper"] else f" (NOT comparable to the paper: {'; '.join(reasons)})")
+    )
+    return _jsonable({k: v for k, v in out.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")})
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+
+def run_cross_validation(
+    model: str,
+    *,
+    manifest_path: str | Path,
+    folds_dir: str | Path,
+    features_dir: str | Path,
+    results_dir: str | Path,
+    params: Mapping[str, Any] | None = None,
+    device: str | None = None,
+    task_runner: str | None = None,
+    seed: int | None = None,
+    storage_dir: str | Path | None = None,
+    runs_dir: str | Path | None = None,
+    corpus: str | None = None,
+    plan: str | None = None,
+    folds: list[int] | None = None,
+) -> dict[str, Any]:
+    """Run the ``cross_validate`` flow for ``model`` (what the DVC ``train@<model>`` stage calls).
+
+    ``params``: the whole ``params.yaml`` (sections ``models.<model>``, ``train``, ``dataset.name``) or
+    ``{"model": {...}, "train": {...}}``. Flow-level settings are read from the ``train`` section
+    (``task_runner``, ``max_workers``, ``dask_address``, ``storage_dir``, ``runs_dir``, ``refresh_cache``);
+    explicit arguments win. Outputs go to ``<results_dir>/<model>/``. Returns the metrics dict.
+    """
+    model_params, train_params, whole = split_params(params, model)
+    flow_keys = ("task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir", "refresh_cache")
+    flow_cfg = {k: train_params.pop(k) for k in flow_keys if k in train_params}
+    if device is not None:
+        train_params["device"] = device
+    if seed is not None:
+        train_params["seed"] = int(seed)
+    if corpus is None:
+        corpus = ((whole.get("dataset") or {}).get("name")) if isinstance(whole.get("dataset"), dict) else None
+    return cross_validate(
+        model=model,
+        plan=plan,
+        manifest_path=str(manifest_path),
+        folds_dir=str(folds_dir),
+        features_dir=str(features_dir),
+        results_dir=str(results_dir),
+        runs_dir=str(runs_dir) if runs_dir is not None else flow_cfg.get("runs_dir", "runs"),
+        storage_dir=str(storage_dir or flow_cfg.get("storage_dir") or DEFAULT_STORAGE),
+        model_params=model_params,
+        train_params=train_params,
+        folds=folds,
+        corpus=corpus,
+        task_runner=task_runner or flow_cfg.get("task_runner") or "threads",
+        max_workers=flow_cfg.get("max_workers"),
+        dask_address=flow_cfg.get("dask_address"),
+        refresh_cache=bool(flow_cfg.get("refresh_cache", False)),
+    )
+
+
+def serve(
+    params_path: str | Path | None = "params.yaml",
+    *,
+    name: str = "emoflow",
+    models: list[str] | None = None,
+    limit: int | None = None,
+) -> None:
+    """Register ``cross_validate`` deployments and serve them (blocks): one deployment per model, named
+    ``cross_validate/<model>``, whose default parameters come from ``params.yaml`` (model section, train
+    section, dataset name), so a UI "Quick run" reproduces the DVC stage and "Custom run" edits any parameter.
+    Runs started from the UI are recorded under ``runs/<model>/`` (``results_dir`` is unset by default so
+    that a UI run never overwrites DVC's outputs)."""
+    import prefect
+
+    from models import list_models
+
+    whole: dict[str, Any] = {}
+    if params_path and Path(params_path).exists():
+        from pipeline.params import load_params
+
+        whole = load_params(params_path)
+    deployments = []
+    for m in models or list_models():
+        model_params, train_params, _ = split_params(whole, m)
+        flow_cfg = {k: train_params.pop(k) for k in ("task_runner", "max_workers", "dask_address", "storage_dir",
+                                                      "runs_dir", "refresh_cache") if k in train_params}
+        defaults = _jsonable({
+            "model": m,
+            "model_params": model_params,
+            "train_params": train_params,
+            "corpus": (whole.get("dataset") or {}).get("name"),
+            **{k: v for k, v in flow_cfg.items() if v is not None},
+        })
+        deployments.append(
+            cross_validate.to_deployment(name=m, parameters=defaults, tags=[name, m],
+                                         description=f"Cross-validate {m} on its paper's fold plan")
+        )
+    prefect.serve(*deployments, limit=limit)

@@ -1,0 +1,116 @@
+"""Classification metrics for speech emotion recognition (pure functions, scikit-learn underneath).
+
+* **WA** (weighted accuracy) = overall accuracy;
+* **UA** (unweighted accuracy) = mean per-class recall = scikit-learn's balanced accuracy;
+* macro-F1, per-class recall, confusion matrix (counts, and row-normalised: row = actual class).
+
+All percentages: every scalar metric is reported in **percent** (0–100), the unit the papers publish, so our
+numbers and the papers' sit side by side in ``metrics.json`` without conversion.
+
+>>> m = compute_metrics(["a", "a", "a", "b"], ["a", "a", "a", "a"], labels=["a", "b"])
+>>> m["wa"], m["ua"]  # WA rewards the majority class; UA does not
+(75.0, 50.0)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    recall_score,
+)
+
+SCALARS = ("wa", "ua", "macro_f1")
+
+
+def compute_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence[str]) -> dict[str, Any]:
+    """Metrics of one set of predictions.
+
+    ``y_true``/``y_pred``: 1-D sequences of class labels (strings or ints, same type as ``labels``);
+    ``labels``: every class, in the order used for the confusion matrix and per-class recall.
+    Returns ``{"n", "wa", "ua", "macro_f1", "per_class_recall": {label: %}, "confusion": [[int]],
+    "confusion_normalized": [[float]]}`` (confusion rows = actual, columns = predicted). A class absent from
+    ``y_true`` has recall NaN and is left out of UA (scikit-learn's balanced accuracy does the same, with a
+    warning we silence: a small test fold can lack a class).
+    """
+    y_true = np.asarray(list(y_true))
+    y_pred = np.asarray(list(y_pred))
+    labels = list(labels)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1-D of equal length, got {y_true.shape} and {y_pred.shape}")
+    if len(y_true) == 0:
+        raise ValueError("no predictions to score (empty test split?)")
+    unknown = sorted(set(y_true.tolist()) - set(labels))
+    if unknown:
+        raise ValueError(f"labels {unknown} in y_true are not in the class list {labels}")
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(support[:, None] > 0, cm / np.maximum(support[:, None], 1), 0.0)
+    present = [lab for lab, s in zip(labels, support, strict=True) if s > 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+        ua = balanced_accuracy_score(y_true, y_pred)
+        f1 = f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+        # a class absent from y_true has no recall: NaN, not 0
+        recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=np.nan)
+    return {
+        "n": int(len(y_true)),
+        "wa": 100.0 * float(accuracy_score(y_true, y_pred)),
+        "ua": 100.0 * float(ua),
+        "macro_f1": 100.0 * float(f1),
+        "per_class_recall": {str(lab): 100.0 * float(r) for lab, r in zip(labels, recall, strict=True)},
+        "support": {str(lab): int(s) for lab, s in zip(labels, support, strict=True)},
+        "confusion": cm.astype(int).tolist(),
+        "confusion_normalized": norm.astype(float).tolist(),
+    }
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0.0 for a single value) ignoring NaN."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+
+
+def aggregate_folds(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over folds of WA, UA, macro-F1 and each class's recall.
+
+    ``fold_metrics``: one :func:`compute_metrics` dict per fold.
+    Returns ``{"wa": {"mean", "std"}, "ua": ..., "macro_f1": ..., "per_class_recall": {label: {"mean", "std"}},
+    "n_folds"}``. The std is the sample standard deviation over folds (ddof=1), the usual "± std" of papers.
+
+    >>> agg = aggregate_folds([{"wa": 60.0, "ua": 50.0, "macro_f1": 40.0, "per_class_recall": {}},
+    ...                        {"wa": 70.0, "ua": 60.0, "macro_f1": 50.0, "per_class_recall": {}}])
+    >>> agg["wa"]["mean"], round(agg["wa"]["std"], 4)
+    (65.0, 7.0711)
+    """
+    if not fold_metrics:
+        raise ValueError("no folds to aggregate")
+    out: dict[str, Any] = {k: _mean_std([m[k] for m in fold_metrics]) for k in SCALARS}
+    labels = list(dict.fromkeys(lab for m in fold_metrics for lab in m.get("per_class_recall", {})))
+    out["per_class_recall"] = {
+        lab: _mean_std([m["per_class_recall"].get(lab, float("nan")) for m in fold_metrics]) for lab in labels
+    }
+    out["n_folds"] = len(fold_metrics)
+    return out
+
+
+def confusion_markdown(confusion: Sequence[Sequence[float]], labels: Sequence[str], normalized: bool = False) -> str:
+    """A confusion matrix as a Markdown table (rows = actual, columns = predicted)."""
+    head = "| actual \\ predicted | " + " | ".join(labels) + " |"
+    sep = "|---|" + "---|" * len(labels)
+    rows = []
+    for lab, row in zip(labels, confusion, strict=True):
+        cells = [f"{v:.2f}" if normalized else str(int(v)) for v in row]
+        rows.append(f"| **{lab}** | " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *rows])

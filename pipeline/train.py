@@ -1,0 +1,609 @@
+"""Training and evaluation of one fold: seeded, device-agnostic, resumable, selected on validation only.
+
+:func:`train_fold` trains ``models.create_model(name, **overrides)`` on a fold's train split, evaluates the
+validation split after every epoch, keeps the epoch with the best validation WA or UA (``select_on``; never the
+test split), optionally stops early (``patience``), then scores the test split with the selected weights.
+
+Reproducibility
+    Everything random is seeded from ``(seed, fold)`` and, per epoch, from ``(seed, fold, epoch)``: model init,
+    dropout (torch's global RNG, reseeded at each epoch start), the DataLoader's shuffling generator (and so its
+    workers' seeds), feature-domain noise. Reseeding per epoch is what makes a resumed run bit-identical to an
+    uninterrupted one without restoring RNG states. ``torch.use_deterministic_algorithms(True)`` is on (CUDA:
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``); ``deterministic: strict`` makes a nondeterministic op an error instead
+    of a warning. torch's RNG and determinism flags are process-wide, so folds in the *same process* (Prefect's
+    thread runner) train one at a time under a lock; use the ``processes`` or ``dask`` runner for parallel folds.
+
+Checkpoints (``checkpoint_dir``)
+    After every epoch: ``last.safetensors`` (model weights, safetensors) and ``state.pt`` (optimizer/scheduler
+    state, epoch, selection state and history: tensors and plain Python values only, read back with
+    ``torch.load(weights_only=True)`` — nothing arbitrary is unpickled). Both are written to temp files and renamed;
+    their epoch numbers must agree or the checkpoint is ignored. ``best.safetensors`` holds the selected weights.
+    A killed fold restarts from its last finished epoch.
+
+AMP: on CUDA, autocast to bfloat16 where supported (else float16 with a GradScaler); CPU runs in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from pipeline.data import (
+    Collate,
+    DataError,
+    FeatureDataset,
+    class_labels,
+    feature_frame_shift,
+    label_ids,
+    make_segmenting,
+    make_views,
+    open_readers,
+    resolve_dims,
+    split_of_fold,
+    stable_seed,
+)
+from pipeline.metrics import compute_metrics
+
+#: train settings the loop reads, with their defaults (the model's ``train`` dict overrides these, and
+#: ``params.yaml`` overrides both; ``None`` in params means "keep the paper's value").
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "optimizer": "adam",  # adam | adamw | sgd
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "batch_size": 32,
+    "eval_batch_size": None,  # None: = batch_size
+    "epochs": 10,
+    "schedule": None,  # None | {type: step, step_epochs, gamma} | {type: cosine, eta_min_factor}
+    "select_on": "val_wa",  # val_wa | val_ua
+    "patience": None,  # epochs without validation improvement before stopping (None: never)
+    "max_steps": None,  # cap on optimizer steps in total (smoke runs/demo)
+    "grad_clip": None,
+    "loss": "cross_entropy",
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "amp": True,  # CUDA only
+    "deterministic": True,  # True | False | "strict"
+    "num_workers": 0,
+    "num_threads": None,  # torch intra-op threads (None: leave torch's default)
+    "seed": 0,
+    # input handling (see pipeline/data.py)
+    "fixed_frames": None,
+    "fixed_len": None,
+    "max_len": None,
+    "noise_snr_db": None,
+    "segment_s": None,  # paper E: window length (s); None = no segmentation
+    "train_hop_s": None,
+    "test_hop_s": None,
+    "drop_short": None,  # None = True (the paper); false keeps short utterances as one padded window
+    "subset": None,  # keep only manifest rows with this `subset` (paper E: improvised); None/"all" = all
+    "layer_reduce": "mean",
+}
+#: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
+RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size")
+#: informational keys of models' train dicts that the loop does not read
+INFO_KEYS = ("code_variant", "seeds")
+#: aliases used by models' train dicts → the loop's key
+ALIASES = {"early_stopping_patience": "patience"}
+
+_TRAIN_LOCK = threading.Lock()
+
+
+class TrainError(RuntimeError):
+    """A fold that cannot be trained as configured; the message says what to change."""
+
+
+def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Loop defaults ← the model's paper ``train`` dict ← each override in turn (``None`` values skipped).
+
+    Unknown keys raise :class:`TrainError` naming them (a typo in ``params.yaml`` must not be ignored).
+
+    >>> cfg = resolve_train_config({"lr": 1e-4, "epochs": 100}, {"epochs": 2, "lr": None})
+    >>> cfg["lr"], cfg["epochs"]
+    (0.0001, 2)
+    """
+    cfg = dict(TRAIN_DEFAULTS)
+    cfg.update({ALIASES.get(k, k): v for k, v in model_train.items()})
+    known = set(cfg) | set(INFO_KEYS) | set(ALIASES)
+    for ov in overrides:
+        if not ov:
+            continue
+        unknown = sorted(set(ov) - known)
+        if unknown:
+            raise TrainError(f"unknown train setting(s) {unknown}; known: {', '.join(sorted(known))}")
+        cfg.update({ALIASES.get(k, k): v for k, v in ov.items() if v is not None})
+    if cfg["select_on"] not in ("val_wa", "val_ua"):
+        raise TrainError(f"select_on must be 'val_wa' or 'val_ua' (validation only), got {cfg['select_on']!r}")
+    if cfg["loss"] != "cross_entropy":
+        raise TrainError(f"loss {cfg['loss']!r} is not supported (cross_entropy only)")
+    return cfg
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device {device!r} requested but CUDA is not available; use device: auto or cpu")
+    return dev
+
+
+def set_determinism(mode: bool | str, device: torch.device) -> None:
+    """Deterministic kernels where the device allows (process-wide)."""
+    if not mode:
+        torch.use_deterministic_algorithms(False)
+        return
+    if device.type == "cuda":
+        # must be set before cuBLAS initialises; harmless when already set
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=(mode != "strict"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    name = str(cfg["optimizer"]).lower()
+    lr, wd = float(cfg["lr"]), float(cfg.get("weight_decay") or 0.0)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg.get("momentum") or 0.0), weight_decay=wd)
+    raise TrainError(f"optimizer {name!r} is not supported (adam, adamw, sgd)")
+
+
+def build_scheduler(opt, cfg: Mapping[str, Any]):
+    """Per-epoch LR schedule (stepped after each epoch) or None."""
+    sch = cfg.get("schedule")
+    if not sch:
+        return None
+    kind = sch.get("type")
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=int(sch["step_epochs"]), gamma=float(sch["gamma"]))
+    if kind == "cosine":
+        eta_min = float(sch.get("eta_min", float(cfg["lr"]) * float(sch.get("eta_min_factor", 1e-3))))
+        t_max = int(sch.get("epochs", cfg["epochs"]))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t_max, 1), eta_min=eta_min)
+    raise TrainError(f"schedule type {kind!r} is not supported (step, cosine)")
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class FoldData:
+    """Everything needed to build one fold's datasets (cheap to construct: readers open lazily)."""
+
+    model_name: str
+    fold: int
+    views: dict
+    readers: dict
+    splits: dict[str, list[str]]
+    labels: list[str]
+    label_of: dict[str, list[int]]
+    model_overrides: dict[str, Any]
+    segmenting: Any = None
+
+
+def prepare_fold(
+    model_name: str,
+    fold: int,
+    *,
+    manifest: pd.DataFrame,
+    folds: pd.DataFrame,
+    features_dir: str | Path,
+    model_params: Mapping[str, Any] | None,
+    train_cfg: Mapping[str, Any],
+    labels: list[str] | None = None,
+) -> FoldData:
+    """Resolve a fold's inputs: feature readers, views, splits, labels and the model's dimension overrides."""
+    from models import get_model_info
+
+    info = get_model_info(model_name)
+    overrides = dict(model_params or {})
+    specs = info.input_specs(**overrides)
+    readers = open_readers(features_dir, [s.feature for s in specs.values()])
+    dims = resolve_dims(specs, readers, str(train_cfg.get("layer_reduce", "mean")))
+    for k, v in dims.items():
+        if k in overrides and overrides[k] != v:
+            warnings.warn(f"{model_name}: {k}={overrides[k]} in params replaced by {v} found in the feature store",
+                          stacklevel=2)
+    overrides.update(dims)
+    splits = split_of_fold(folds, fold)
+    if labels is None:
+        labels = class_labels(manifest, folds["utt_id"].astype(str))
+    label_of = {s: label_ids(manifest, ids, labels) for s, ids in splits.items()}
+    subset = train_cfg.get("subset")
+    if subset and subset != "all":
+        keep = set(manifest.loc[manifest["subset"].astype(str) == subset, "utt_id"].astype(str))
+        splits = {s: [u for u in ids if u in keep] for s, ids in splits.items()}
+        empty = [s for s, ids in splits.items() if not ids]
+        if empty:
+            raise DataError(
+                f"{model_name} fold {fold}: no `{subset}` utterances in the {'/'.join(empty)} split(s) "
+                f"(train setting subset: {subset}); use a corpus with a `subset` column or set subset: all"
+            )
+    segmenting = None
+    if train_cfg.get("segment_s"):
+        seq = [v for v in specs.values() if v.kind == "sequence"]
+        if not seq:
+            raise TrainError(f"{model_name}: `segment_s` needs a sequence input")
+        segmenting = make_segmenting(train_cfg, feature_frame_shift(readers[seq[0].feature]))
+    return FoldData(
+        model_name=model_name,
+        fold=fold,
+        views=make_views(specs, train_cfg),
+        readers=readers,
+        splits=splits,
+        labels=labels,
+        label_of=label_of,
+        model_overrides=overrides,
+        segmenting=segmenting,
+    )
+
+
+def make_dataset(data: FoldData, split: str, train_cfg: Mapping[str, Any]) -> FeatureDataset:
+    ds = FeatureDataset(
+        readers=data.readers,
+        views=data.views,
+        utt_ids=data.splits[split],
+        labels=data.label_of[split],
+        segmenting=data.segmenting,
+        split=split,
+        noise_snr_db=train_cfg.get("noise_snr_db"),
+        seed=stable_seed(train_cfg["seed"], data.fold),
+    )
+    if len(ds) == 0:
+        raise DataError(
+            f"{data.model_name} fold {data.fold}: the {split} split is empty after segmentation "
+            f"({len(ds.dropped)} utterance(s) of ≤ one window dropped); set the train setting drop_short: false"
+        )
+    return ds
+
+
+def _loader(ds: FeatureDataset, data: FoldData, cfg: Mapping[str, Any], *, shuffle: bool, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    bs = int(cfg["batch_size"] if shuffle else (cfg.get("eval_batch_size") or cfg["batch_size"]))
+    nw = int(cfg.get("num_workers") or 0)
+    return DataLoader(
+        ds,
+        batch_size=bs,
+        shuffle=shuffle,
+        num_workers=nw,
+        collate_fn=Collate(data.views, data.segmenting.window if data.segmenting else None),
+        generator=gen,
+        drop_last=False,
+        persistent_workers=False,
+    )
+
+
+def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("label", "index")}
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, n_utts: int, utt_index: list[int], device: torch.device, amp: bool
+) -> np.ndarray:
+    """Logits per utterance ``(n_utts, C)``: the mean over an utterance's items (windows for paper E; a
+    single item otherwise). Utterances without any item (dropped as too short) are NaN rows."""
+    model.eval()
+    sums: np.ndarray | None = None
+    counts = np.zeros(n_utts, np.int64)
+    for batch in loader:
+        with _autocast(device, amp):
+            logits = model(**_model_inputs(batch, device))
+        logits = logits.float().cpu().numpy().astype(np.float64)
+        if sums is None:
+            sums = np.zeros((n_utts, logits.shape[1]), np.float64)
+        rows = np.asarray([utt_index[i] for i in batch["index"].tolist()])
+        np.add.at(sums, rows, logits)
+        np.add.at(counts, rows, 1)
+    assert sums is not None
+    with np.errstate(invalid="ignore"):
+        return sums / counts[:, None]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - np.nanmax(x, axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def score_split(logits: np.ndarray, true_ids: list[int], labels: list[str]) -> tuple[dict, np.ndarray]:
+    """Metrics over utterances with predictions; returns (metrics, mask of scored utterances)."""
+    ok = ~np.isnan(logits).any(axis=1)
+    pred = logits[ok].argmax(axis=1)
+    y = np.asarray(true_ids)[ok]
+    m = compute_metrics([labels[i] for i in y], [labels[i] for i in pred], labels)
+    m["n_dropped"] = int((~ok).sum())
+    return m, ok
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class FoldResult:
+    """Outcome of one fold (plain values only: JSON-serialisable for Prefect's result store)."""
+
+    model: str
+    fold: int
+    labels: list[str]
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    val: dict[str, Any]
+    test: dict[str, Any]
+    predictions: dict[str, list]  # utt_id, label, pred, prob_<class> ... (test split)
+    history: list[dict[str, float]]
+    runtime_s: float
+    train_samples_per_s: float
+    n_train: int
+    n_val: int
+    n_test: int
+    device: str
+    model_config: dict[str, Any]
+    resumed_from_epoch: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _save_weights(path: Path, state: dict[str, torch.Tensor], epoch: int) -> None:
+    _atomic(path, lambda p: save_file(state, str(p), metadata={"epoch": str(epoch)}))
+
+
+def save_checkpoint(ckpt_dir: Path, model, opt, sched, state: dict[str, Any]) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    epoch = str(state["epoch"])
+    _atomic(ckpt_dir / "last.safetensors", lambda p: save_file(_cpu_state(model), str(p), metadata={"epoch": epoch}))
+    payload = dict(state, optimizer=opt.state_dict(), scheduler=sched.state_dict() if sched else None)
+    _atomic(ckpt_dir / "state.pt", lambda p: torch.save(payload, p))
+
+
+def load_checkpoint(ckpt_dir: Path, model, opt, sched, device) -> dict[str, Any] | None:
+    """Restore the last finished epoch, or None when there is no consistent checkpoint."""
+    mpath, spath = ckpt_dir / "last.safetensors", ckpt_dir / "state.pt"
+    if not (mpath.exists() and spath.exists()):
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(mpath), "pt") as f:
+            model_epoch = (f.metadata() or {}).get("epoch")
+        state = torch.load(spath, map_location="cpu", weights_only=True)
+        if str(state.get("epoch")) != model_epoch:
+            warnings.warn(f"{ckpt_dir}: weights and optimizer state are from different epochs; starting over",
+                          stacklevel=2)
+            return None
+        model.load_state_dict(load_file(str(mpath), device=str(device)))
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
+        return state
+    except Exception as e:  # a corrupt checkpoint is not fatal: retrain the fold
+        warnings.warn(f"{ckpt_dir}: unusable checkpoint ({e}); starting the fold over", stacklevel=2)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+def train_fold(
+    model_name: str,
+    fold: int,
+    *,
+    manifest: pd.DataFrame,
+    folds: pd.DataFrame,
+    features_dir: str | Path,
+    model_params: Mapping[str, Any] | None = None,
+    train_params: Mapping[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    labels: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> FoldResult:
+    """Train and evaluate ``model_name`` on fold ``fold`` of a fold plan.
+
+    ``manifest``: the manifest table (utt_id, label, ...); ``folds``: the plan table (utt_id, fold, split);
+    ``features_dir``: folder of ``<feature>.h5``; ``model_params``: ``create_model`` overrides (feature
+    dimensions are taken from the store); ``train_params``: overrides of the model's paper training settings
+    (see :data:`TRAIN_DEFAULTS`); ``checkpoint_dir``: where to checkpoint every epoch (resumes from it).
+    """
+    from models import create_model, get_model_info
+
+    cfg = resolve_train_config(get_model_info(model_name).train, train_params)
+    with _TRAIN_LOCK:
+        return _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, model_params,
+                                  checkpoint_dir, labels, log, create_model)
+
+
+def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, model_params, checkpoint_dir, labels,
+                       log, create_model) -> FoldResult:
+    t_start = time.perf_counter()
+    device = resolve_device(str(cfg["device"]))
+    set_determinism(cfg["deterministic"], device)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg["num_threads"]))
+    seed = int(cfg["seed"])
+    data = prepare_fold(model_name, fold, manifest=manifest, folds=folds, features_dir=features_dir,
+                        model_params=model_params, train_cfg=cfg, labels=labels)
+    ds = {s: make_dataset(data, s, cfg) for s in ("train", "val", "test")}
+
+    seed_everything(stable_seed(seed, fold, "init"))
+    model = create_model(model_name, num_classes=len(data.labels), **data.model_overrides).to(device)
+    opt = build_optimizer(model.parameters(), cfg)
+    sched = build_scheduler(opt, cfg)
+    amp = bool(cfg["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    st = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
+          "train_samples": 0, "train_time": 0.0}
+    resumed_from = 0
+    if ckpt is not None:
+        loaded = load_checkpoint(ckpt, model, opt, sched, device)
+        if loaded is not None:
+            st.update({k: loaded[k] for k in st if k in loaded})
+            resumed_from = int(st["epoch"])
+            log(f"{model_name} fold {fold}: resuming after epoch {resumed_from}")
+    best_state = None
+    if ckpt is not None and (ckpt / "best.safetensors").exists() and st["best_epoch"] > 0:
+        best_state = load_file(str(ckpt / "best.safetensors"))
+
+    val_loader = _loader(ds["val"], data, cfg, shuffle=False, seed=0)
+    max_steps = cfg.get("max_steps")
+    epochs = int(cfg["epochs"])
+    patience = cfg.get("patience")
+    sel = cfg["select_on"].removeprefix("val_")
+    stopped = (max_steps is not None and st["step"] >= int(max_steps)) or (
+        patience is not None and st["bad_epochs"] >= int(patience))
+    epoch = int(st["epoch"])
+    while epoch < epochs and not stopped:
+        epoch += 1
+        # per-epoch seeding: dropout, shuffling and noise depend only on (seed, fold, epoch) → resumable exactly
+        seed_everything(stable_seed(seed, fold, epoch))
+        ds["train"].set_epoch(epoch)
+        loader = _loader(ds["train"], data, cfg, shuffle=True, seed=stable_seed(seed, fold, epoch, "loader"))
+        model.train()
+        t0, n_seen, loss_sum = time.perf_counter(), 0, 0.0
+        for batch in loader:
+            inputs, y = _model_inputs(batch, device), batch["label"].to(device)
+            opt.zero_grad(set_to_none=True)
+            with _autocast(device, amp):
+                logits = model(**inputs)
+                loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainError(f"{model_name} fold {fold} epoch {epoch}: loss is {loss.item()}; lower the lr")
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if cfg.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            st["step"] += 1
+            n_seen += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            if max_steps is not None and st["step"] >= int(max_steps):
+                stopped = True
+                break
+        st["train_time"] += time.perf_counter() - t0
+        st["train_samples"] += n_seen
+        if sched is not None:
+            sched.step()
+        val_logits = evaluate(model, val_loader, len(ds["val"].utt_ids), ds["val"].utt_index, device, amp)
+        vm, _ = score_split(val_logits, data.label_of["val"], data.labels)
+        score = vm[sel]
+        rec = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_wa": vm["wa"], "val_ua": vm["ua"],
+               "lr": float(opt.param_groups[0]["lr"])}
+        st["history"].append(rec)
+        if score > st["best_score"]:
+            st.update(best_score=float(score), best_epoch=epoch, bad_epochs=0)
+            best_state = _cpu_state(model)
+            if ckpt is not None:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                _save_weights(ckpt / "best.safetensors", best_state, epoch)
+        else:
+            st["bad_epochs"] += 1
+        if patience is not None and st["bad_epochs"] >= int(patience):
+            stopped = True
+        st["epoch"] = epoch
+        log(f"{model_name} fold {fold} epoch {epoch}: loss {rec['train_loss']:.4f} val WA {vm['wa']:.2f} "
+            f"UA {vm['ua']:.2f}{' *' if st['best_epoch'] == epoch else ''}")
+        if ckpt is not None:
+            save_checkpoint(ckpt, model, opt, sched, st)
+
+    if best_state is None:
+        raise TrainError(f"{model_name} fold {fold}: no epoch was trained (epochs={epochs}, max_steps={max_steps})")
+    model.load_state_dict({k: v.to(device) for k, v in best_state.items()})
+    val_logits = evaluate(model, val_loader, len(ds["val"].utt_ids), ds["val"].utt_index, device, amp)
+    val_m, _ = score_split(val_logits, data.label_of["val"], data.labels)
+    test_loader = _loader(ds["test"], data, cfg, shuffle=False, seed=0)
+    test_logits = evaluate(model, test_loader, len(ds["test"].utt_ids), ds["test"].utt_index, device, amp)
+    test_m, ok = score_split(test_logits, data.label_of["test"], data.labels)
+    probs = _softmax(test_logits[ok])
+    test_ids = [u for u, k in zip(data.splits["test"], ok, strict=True) if k]
+    y = np.asarray(data.label_of["test"])[ok]
+    preds: dict[str, list] = {
+        "utt_id": test_ids,
+        "fold": [fold] * len(test_ids),
+        "label": [data.labels[i] for i in y],
+        "pred": [data.labels[i] for i in probs.argmax(axis=1)],
+    }
+    for j, lab in enumerate(data.labels):
+        preds[f"prob_{lab}"] = probs[:, j].astype(float).tolist()
+    cfg_obj = dataclasses.asdict(model.config) if dataclasses.is_dataclass(getattr(model, "config", None)) else {}
+    return FoldResult(
+        model=model_name,
+        fold=int(fold),
+        labels=list(data.labels),
+        best_epoch=int(st["best_epoch"]),
+        epochs_run=int(st["epoch"]),
+        steps=int(st["step"]),
+        val=val_m,
+        test=test_m,
+        predictions=preds,
+        history=list(st["history"]),
+        runtime_s=time.perf_counter() - t_start,
+        train_samples_per_s=st["train_samples"] / st["train_time"] if st["train_time"] > 0 else float("nan"),
+        n_train=len(ds["train"]),
+        n_val=len(data.splits["val"]),
+        n_test=len(data.splits["test"]),
+        device=str(device),
+        model_config={k: list(v) if isinstance(v, tuple) else v for k, v in cfg_obj.items()},
+        resumed_from_epoch=resumed_from,
+        extras={"dropped_test": ds["test"].dropped, "dropped_train": len(ds["train"].dropped)},
+    )
