@@ -847,7 +847,9 @@ def build_tiny_model(kind: str, out_dir: str | Path, seed: int = 0, size: str = 
         from torchopenl3.models import PytorchOpenl3
 
         params = {"input_repr": "mel256", "content_type": "music", "embedding_size": 512, **over}
-        model = PytorchOpenl3(**params)
+        with warnings.catch_warnings():  # expected: see OpenL3Features._ensure_loaded
+            warnings.filterwarnings("ignore", message="Empty filters detected")
+            model = PytorchOpenl3(**params)
         torch.save(model.state_dict(), out / "weights.pth.tar")
         (out / "emoflow.json").write_text(json.dumps({RANDOM_WEIGHTS_KEY: True, "seed": int(seed), **params},
                                                      indent=1, sort_keys=True))
