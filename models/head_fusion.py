@@ -48,14 +48,14 @@ def conv_bn(c_in, c_out, kernel, padding):
     train={
         "optimizer": "adam",
         "lr": 1e-3,
-        "betas": (0.9, 0.999),
+        "betas": [0.9, 0.999],
         "weight_decay": 1e-6,
         "batch_size": 32,
         "epochs": 50,
         "schedule": {"type": "step", "step_epochs": 10, "gamma": 0.1},
         "select_on": "val_wa",  # the code takes the max over epochs on the test set; we use validation
         "loss": "cross_entropy",
-        "seeds": (111111, 123456, 0, 999999, 987654),
+        "seeds": [111111, 123456, 0, 999999, 987654],
         "segment_s": 2.0,
         "train_hop_s": 1.0,
         "test_hop_s": 0.4,

@@ -40,7 +40,7 @@ TITLE_A = "Effective Integration of Transformer for Network-based Speech Emotion
 TRAIN_A = {
     "optimizer": "adam",
     "lr": 1e-4,
-    "betas": (0.9, 0.99),
+    "betas": [0.9, 0.99],
     "weight_decay": 0.0,
     "batch_size": 40,
     "epochs": 100,

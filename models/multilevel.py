@@ -39,7 +39,7 @@ TITLE_C = "Multilevel Transformer for Multimodal Emotion Recognition (He et al. 
 TRAIN_C = {
     "optimizer": "adam",
     "lr": 1e-5,
-    "betas": (0.9, 0.999),  # NF: Adam defaults
+    "betas": [0.9, 0.999],  # NF: Adam defaults
     "weight_decay": 0.0,
     "batch_size": 4,
     "epochs": 100,  # NF: the paper early-stops on validation WA

@@ -235,7 +235,7 @@ class RLCConfig:
     train={
         "optimizer": "adam",
         "lr": 1e-3,  # P; code 1e-4
-        "betas": (0.9, 0.999),
+        "betas": [0.9, 0.999],
         "weight_decay": 0.0,
         "batch_size": 128,  # P
         "epochs": 100,  # NF

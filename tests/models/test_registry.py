@@ -146,3 +146,15 @@ def test_describe_models():
     for r in rows:
         assert r["params"] > 10_000 and r["inputs"] and r["paper"] and r["fold_plan"]
     assert models.describe_models is describe_models
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_infos_are_yaml_and_json_safe(name):
+    import json
+
+    import yaml
+
+    info = get_model_info(name)
+    for data in (info.train, info.paper, default_config(name), info.inputs):
+        yaml.safe_dump(data)
+        json.dumps(data)
