@@ -119,7 +119,9 @@ class MultilevelConfig:
 
     fbank_dim: int = 128  # P
     glove_dim: int = 300  # P
-    phoneme_vocab: int = 80  # NF: ids 1.. for g2p_en's 70 ARPAbet symbols (+ spares); 0 = pad
+    phoneme_vocab: int = (
+        71  # ids incl. 0 = <pad>, 1 = <unk>: features.text.phoneme_vocabulary(stress=True) has 71
+    )
     phoneme_emb: int = 8  # R
     phoneme_filters: int = 100  # R
     phoneme_width: int = 5  # R

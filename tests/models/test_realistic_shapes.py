@@ -23,7 +23,7 @@ def _batch(name, gen):
         return {"mfcc": torch.randn(2, 63, 13, generator=gen)}  # 2 s, hop 512
     words = [14, 5]
     batch = {**_seq("fbank", [600, 250], 128, gen), **_seq("glove", words, 300, gen)}
-    phon = torch.randint(1, 80, (2, 14, 9), generator=gen)
+    phon = torch.randint(1, 71, (2, 14, 9), generator=gen)  # default phoneme_vocab
     phon[1, 5:] = 0
     phon[:, :, 6:] = 0
     batch["phonemes"] = phon
