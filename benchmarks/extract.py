@@ -2,7 +2,7 @@
 
     python -m benchmarks.extract [--seconds 300] [--features logmel40 lld17 ...] [--audio-dir DIR]
                                  [--utt-seconds 4] [--repeats 5] [--params params.yaml] [--set wav2vec2.model=DIR]
-                                 [--out benchmarks/results/extract.json]
+                                 [--offline] [--out benchmarks/results/extract.json]
 
 * Audio: ``--audio-dir`` (every WAV/FLAC/OGG under it, sorted, read with ``features.audio.load_audio`` and
   concatenated, looped if short) or else deterministic synthetic speech-like audio (harmonic syllables with gliding
@@ -13,7 +13,8 @@
   with the reason and skipped. ``--params`` reads ``features.<name>`` overrides from a params.yaml (e.g. local demo
   model directories), ``--set name.key=value`` overrides single fields (value parsed as YAML).
 * Single core: BLAS/OpenMP/numba thread counts are set to 1 before numpy loads, the process is pinned to one CPU
-  (``--cpu``), and ``torch.set_num_threads(1)``. One warm-up pass (numba compilation, lazy model loading, cached
+  (``--cpu``), and ``torch.set_num_threads(1)`` once an extractor has loaded torch. ``--offline`` sets
+  ``HF_HUB_OFFLINE=1`` so hub models missing from the cache fail at once (machines without a model hub). One warm-up pass (numba compilation, lazy model loading, cached
   filterbanks) is excluded; then ``--repeats`` timed passes over all utterances, and the median is reported.
 * Targets (one core): ``logmel40``/``fbank128``/``mfcc13`` ≥ 1000×, ``lld17`` ≥ 100× (openSMILE's published single-core
   figures are ~125× for MFCC and ~27× for the IS11 LLD set).
@@ -179,6 +180,7 @@ def bench_one(name: str, utts: list, overrides: dict[str, Any], repeats: int, ba
     if ex.input != "audio":
         return {"status": "skipped", "reason": f"input is {ex.input!r}, not audio", "overrides": overrides}
     batched = type(ex).extract_batch is not Extractor.extract_batch
+    _torch_single_thread()
 
     def one_pass() -> int:
         frames = 0
@@ -194,6 +196,7 @@ def bench_one(name: str, utts: list, overrides: dict[str, Any], repeats: int, ba
         t0 = time.perf_counter()
         ex.extract(utts[0], SR)  # warm-up: numba JIT, lazy model load, cached filterbanks
         rec["warmup_s"] = time.perf_counter() - t0
+        _torch_single_thread()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -213,6 +216,13 @@ def bench_one(name: str, utts: list, overrides: dict[str, Any], repeats: int, ba
     return rec
 
 
+def _torch_single_thread() -> None:
+    """``torch.set_num_threads(1)`` once torch is loaded (pretrained extractors import it lazily)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
@@ -227,23 +237,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=8, help="for extractors with their own extract_batch")
     ap.add_argument("--params", default=None, help="params.yaml whose features.<name> sections override configs")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.FIELD=VALUE")
+    ap.add_argument("--offline", action="store_true",
+                    help="set HF_HUB_OFFLINE=1: hub models not in the local cache fail at once instead of retrying")
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the first allowed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/extract.json"))
     args = ap.parse_args(argv)
 
     pinning = _single_core(args.cpu)
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import numpy as np
-
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-        torch.set_num_interop_threads(1)
-    except ImportError:
-        pass
-    except RuntimeError:  # interop threads already fixed by an earlier torch call in this process
-        pass
 
     t0 = time.perf_counter()
     if args.audio_dir is not None:

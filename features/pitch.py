@@ -44,8 +44,8 @@ import scipy.fft
 
 __all__ = ["PitchResult", "autocorr_pitch", "hnr_from_r", "pitch_lag_range"]
 
-#: Frames per batched FFT: small enough that a block's arrays stay in cache (~1 MB at L=800).
-_BLOCK = 256
+#: Samples per batched-FFT block (frames × n_fft): ~512 KB of float32, so a block's arrays stay in L2 cache.
+_BLOCK_SAMPLES = 1 << 17
 #: Below this zero-lag energy (sum of squared windowed samples) a frame counts as digital silence.
 _TINY_ENERGY = 1e-12
 
@@ -133,9 +133,10 @@ def autocorr_pitch(
     f0 = np.zeros(n_frames, np.float32)
     r_peak = np.zeros(n_frames, np.float32)
     inv_rw = (1.0 / rw[lag_min - 1 : lag_max + 2]).astype(np.float32)
-    buf = np.zeros((min(_BLOCK, n_frames), n_fft), np.float32)  # zero tail = linear (not circular) correlation
-    for s in range(0, n_frames, _BLOCK):
-        nb = min(_BLOCK, n_frames - s)
+    block = max(32, _BLOCK_SAMPLES // n_fft)
+    buf = np.zeros((min(block, n_frames), n_fft), np.float32)  # zero tail = linear (not circular) correlation
+    for s in range(0, n_frames, block):
+        nb = min(block, n_frames - s)
         x = buf[:nb, :length]
         x[...] = frames[s : s + nb]
         x -= x.mean(axis=1, keepdims=True)

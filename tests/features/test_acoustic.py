@@ -311,3 +311,37 @@ def test_hnr_from_r_is_clipped_and_finite():
 def test_autocorr_pitch_rejects_short_window():
     with pytest.raises(ValueError, match="two periods"):
         autocorr_pitch(np.zeros((3, 300), np.float32), SR, f0_min=60.0)
+
+
+# ---------------------------------------------------------------- benchmark script smoke test ------------------
+def test_benchmark_script_writes_report(tmp_path):
+    """``python -m benchmarks.extract`` runs end to end and reports; its numbers are not asserted (not a timed test)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    audio_dir = tmp_path / "wavs"
+    audio_dir.mkdir()
+    import soundfile as sf
+
+    sf.write(audio_dir / "a.wav", _harmonic(150, 0.7), SR)
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "benchmarks.extract", "--seconds", "1.5", "--repeats", "1", "--utt-seconds", "0.5",
+           "--features", "logmel40", "lld17", "glove", "no_such_feature", "--audio-dir", str(audio_dir),
+           "--set", "lld17.f0_min=75", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["audio"]["source"] == "directory" and report["audio"]["seconds"] == pytest.approx(1.5)
+    assert report["audio"]["utterances"] == 3 and report["audio"]["files_read"] == 3  # 0.7 s file looped
+    res = report["results"]
+    assert res["logmel40"]["status"] == "ok" and res["logmel40"]["rtf"] > 0 and res["logmel40"]["target_rtf"] == 1000
+    assert res["logmel40"]["frames"] == 3 * (1 + 8000 // 160)
+    assert res["lld17"]["config"]["f0_min"] == 75 and res["lld17"]["provenance"]["columns"][-1] == "zcr"
+    assert res["glove"]["status"] == "skipped" and "text" in res["glove"]["reason"]
+    assert res["no_such_feature"]["status"] == "skipped" and "unknown feature set" in res["no_such_feature"]["reason"]
+    assert report["machine"]["pinned_cpu"] is not None and report["machine"]["librosa"] == librosa.__version__
