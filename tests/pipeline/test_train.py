@@ -1,0 +1,266 @@
+"""Datasets/collate from the store and the fold training loop (CPU, tiny models, synthetic store)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import create_model, example_batch, get_model_info, list_models, tiny_config
+from pipeline.data import (
+    DataError,
+    InputView,
+    add_power_noise_db,
+    collate,
+    make_segmenting,
+    make_views,
+    reduce_layers,
+    segment_starts,
+)
+from pipeline.train import TrainError, resolve_train_config, train_fold
+
+torch.set_num_threads(1)
+
+FAST = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1}
+
+
+# ----------------------------------------------------------------------------------------------- collate
+
+
+def test_collate_pads_sequences_and_masks_padding():
+    views = {"x": InputView("x", "logmel40", "sequence", "x_mask")}
+    items = [
+        {"x": np.ones((3, 2), np.float32), "label": 1, "index": 0},
+        {"x": np.full((5, 2), 2, np.float32), "label": 0, "index": 1},
+    ]
+    b = collate(items, views)
+    assert b["x"].shape == (2, 5, 2) and b["x"].dtype == torch.float32
+    assert b["x_mask"].tolist() == [[False] * 3 + [True] * 2, [False] * 5]
+    assert torch.all(b["x"][0, 3:] == 0) and torch.all(b["x"][0, :3] == 1)
+    assert b["label"].tolist() == [1, 0] and b["index"].tolist() == [0, 1]
+
+
+def test_fixed_len_cuts_and_pads_to_exactly_n():
+    views = {"x": InputView("x", "f", "sequence", "x_mask", fixed_len=4)}
+    items = [{"x": np.ones((2, 3), np.float32), "label": 0, "index": 0},
+             {"x": np.arange(18, dtype=np.float32).reshape(6, 3)[:4], "label": 0, "index": 1}]
+    b = collate(items, views)
+    assert b["x"].shape == (2, 4, 3)
+    assert b["x_mask"][0].tolist() == [False, False, True, True]
+    assert not b["x_mask"][1].any()
+
+
+def test_empty_sequence_becomes_one_unmasked_zero_step():
+    views = {"g": InputView("g", "glove", "sequence", "g_mask")}
+    b = collate([{"g": np.zeros((0, 4), np.float32), "label": 0, "index": 0}], views)
+    assert b["g"].shape == (1, 1, 4) and b["g_mask"].tolist() == [[False]]
+
+
+def test_phonemes_pad_to_words_and_phones_and_shared_mask_must_agree():
+    views = {
+        "phonemes": InputView("phonemes", "phonemes", "phonemes", "w_mask"),
+        "glove": InputView("glove", "glove", "sequence", "w_mask"),
+    }
+    items = [
+        {"phonemes": np.array([[3, 4, 0], [5, 0, 0]]), "glove": np.ones((2, 2), np.float32), "label": 0, "index": 0},
+        {"phonemes": np.array([[6, 7, 8, 9]]), "glove": np.ones((1, 2), np.float32), "label": 1, "index": 1},
+    ]
+    b = collate(items, views)
+    assert b["phonemes"].shape == (2, 2, 4) and b["phonemes"].dtype == torch.long
+    assert b["phonemes"][1, 0].tolist() == [6, 7, 8, 9] and b["phonemes"][1, 1].tolist() == [0, 0, 0, 0]
+    assert b["w_mask"].tolist() == [[False, False], [False, True]]
+    items[1]["glove"] = np.ones((2, 2), np.float32)  # 2 GloVe rows but 1 phoneme word: misaligned
+    with pytest.raises(DataError, match="w_mask"):
+        collate(items, views)
+
+
+def test_reduce_layers():
+    a = np.stack([np.zeros((5, 4)), np.ones((5, 4)) * 2], axis=1)  # (T=5, L=2, H=4)
+    assert reduce_layers(a, "mean").shape == (5, 4) and np.all(reduce_layers(a, "mean") == 1)
+    assert np.all(reduce_layers(a, "last") == 2)
+    with pytest.raises(DataError):
+        reduce_layers(a, "first")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_collate_builds_what_every_model_accepts(name):
+    """For every registered model: items shaped like the store's arrays → collate → the model's batch keys,
+    dtypes and a forward pass."""
+    cfg = tiny_config(name)
+    info = get_model_info(name)
+    specs = info.input_specs(**cfg)
+    views = make_views(specs, resolve_train_config(info.train))
+    ref = example_batch(name, **cfg)
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(3):
+        n_by_mask = {}
+        it = {"label": i % 2, "index": i}
+        for key, spec in specs.items():
+            # lengths like the example batch's (models may need a minimum length, e.g. RLC's stride-10 stem)
+            full = ref[key].shape[1] if ref[key].dim() >= 3 else 1
+            n = n_by_mask.setdefault(spec.mask_key or key, int(rng.integers(max(full // 2, 1), full + 1)))
+            if spec.kind == "sequence":
+                T = full if spec.mask_key is None else n  # maskless inputs are fixed-size windows
+                it[key] = rng.normal(size=(T, ref[key].shape[-1])).astype(np.float32)
+            elif spec.kind == "vector":
+                it[key] = rng.normal(size=(ref[key].shape[-1],)).astype(np.float32)
+            else:
+                it[key] = rng.integers(1, 5, size=(n, 3)).astype(np.int32)
+        items.append(it)
+    batch = collate(items, views)
+    assert set(batch) - {"label", "index"} == set(ref)
+    for k, v in ref.items():
+        assert batch[k].dtype == v.dtype, k
+        assert batch[k].dim() == v.dim(), k
+    model = create_model(name, **cfg).eval()
+    out = model(**{k: v for k, v in batch.items() if k not in ("label", "index")})
+    assert out.shape == (3, 4) and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------------------------- segments, noise
+
+
+def test_segment_windows_from_frame_shift():
+    seg = make_segmenting({"segment_s": 2.0, "train_hop_s": 1.0, "test_hop_s": 0.4}, 512 / 16000)
+    assert (seg.window, seg.train_hop, seg.test_hop, seg.drop_short) == (63, 31, 12, True)
+    assert segment_starts(100, 63, 31, True) == [0, 31]  # 62 + 63 > 100: trailing partial window dropped
+    assert segment_starts(63, 63, 12, True) == []  # ≤ 2 s dropped, as the paper
+    assert segment_starts(40, 63, 12, False) == [0]  # kept as one padded window when asked
+    assert make_segmenting({}, 0.01) is None
+
+
+def test_power_noise_has_the_requested_snr():
+    rng = np.random.default_rng(0)
+    x = (10 * np.log10(rng.uniform(0.5, 2.0, size=(400, 40)))).astype(np.float32)
+    y = add_power_noise_db(x, 20.0, np.random.default_rng(1))
+    added = np.power(10, y / 10).mean() - np.power(10, x / 10).mean()
+    snr = 10 * np.log10(np.power(10, x / 10).mean() / added)
+    assert snr == pytest.approx(20.0, abs=0.3)
+    assert np.all(y >= x - 1e-4)  # adding power never lowers a bin
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _fold(cv, tmp_path=None, **train):
+    return train_fold(
+        "ilt", 0, manifest=cv["manifest"], folds=cv["folds"], features_dir=cv["features_dir"],
+        model_params=tiny_config("ilt"), train_params={**FAST, **train},
+        checkpoint_dir=tmp_path, log=lambda s: None,
+    )
+
+
+def test_same_seed_gives_identical_results_and_selection_is_on_validation(synthetic_cv):
+    cv = synthetic_cv()
+    a, b = _fold(cv), _fold(cv)
+    assert a.test == b.test and a.val == b.val
+    assert a.predictions == b.predictions
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    # the selected epoch is the first with the best *validation* WA
+    val = [h["val_wa"] for h in a.history]
+    assert a.best_epoch == 1 + int(np.argmax(val))
+    assert a.val["wa"] == pytest.approx(max(val))
+    test_ids = set(cv["folds"].query("fold == 0 and split == 'test'")["utt_id"])
+    assert set(a.predictions["utt_id"]) == test_ids
+    probs = np.array([a.predictions[f"prob_{c}"] for c in a.labels]).T
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    c = _fold(cv, seed=1)
+    assert c.history != a.history  # the seed matters
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(synthetic_cv, tmp_path):
+    cv = synthetic_cv()
+    full = _fold(cv, tmp_path / "full", epochs=3)
+    # "killed" after epoch 2: the checkpoint holds 2 finished epochs; the rerun continues from there
+    part = _fold(cv, tmp_path / "resumed", epochs=2)
+    assert part.epochs_run == 2
+    resumed = _fold(cv, tmp_path / "resumed", epochs=3)
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 3
+    assert resumed.history == full.history[:2] + resumed.history[2:]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    assert resumed.test == full.test and resumed.predictions == full.predictions
+    assert (tmp_path / "resumed" / "best.safetensors").exists()
+
+
+def test_max_steps_and_patience_stop_early(synthetic_cv):
+    cv = synthetic_cv()
+    r = _fold(cv, epochs=5, max_steps=3, batch_size=2)  # 8 train utterances: 4 steps per epoch
+    assert r.steps == 3 and r.epochs_run == 1
+    r = _fold(cv, epochs=6, patience=1, lr=0.0)  # lr 0: validation never improves after epoch 1
+    assert r.best_epoch == 1 and r.epochs_run == 2
+
+
+def test_segmented_model_averages_windows_per_utterance(synthetic_cv):
+    cv = synthetic_cv(features={"mfcc13": (13, 0.032)})  # 30–90 frames ≈ 1–2.9 s
+    params = {"epochs": 1, "batch_size": 8, "num_threads": 1, "drop_short": False}
+    r = train_fold("head_fusion", 0, manifest=cv["manifest"], folds=cv["folds"], features_dir=cv["features_dir"],
+                   model_params=tiny_config("head_fusion"), train_params=params, log=lambda s: None)
+    n_test = len(cv["folds"].query("fold == 0 and split == 'test'"))
+    assert len(r.predictions["utt_id"]) == n_test == r.n_test
+    assert r.n_train >= len(cv["folds"].query("fold == 0 and split == 'train'"))  # ≥ one window per utterance
+    # the paper's setting drops utterances of ≤ 2 s (63 frames): fewer test predictions
+    dropped = train_fold("head_fusion", 0, manifest=cv["manifest"], folds=cv["folds"],
+                         features_dir=cv["features_dir"], model_params=tiny_config("head_fusion"),
+                         train_params={**params, "drop_short": True}, log=lambda s: None)
+    assert dropped.test["n_dropped"] > 0
+    assert len(dropped.predictions["utt_id"]) == n_test - dropped.test["n_dropped"]
+
+
+def test_clear_errors_for_bad_settings(synthetic_cv, tmp_path):
+    cv = synthetic_cv()
+    with pytest.raises(TrainError, match="epochz"):
+        _fold(cv, epochz=3)
+    with pytest.raises(TrainError, match="validation only"):
+        _fold(cv, select_on="test_wa")
+    with pytest.raises(DataError, match="wav2vec2.h5"):
+        train_fold("ks_transformer", 0, manifest=cv["manifest"], folds=cv["folds"],
+                   features_dir=cv["features_dir"], model_params=tiny_config("ks_transformer"))
+
+
+_KILL_SCRIPT = """
+import sys, pandas as pd, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {root!r})
+from pipeline.folds import read_folds
+from pipeline.manifest import read_manifest
+from pipeline.train import train_fold
+from models import tiny_config
+cv = {cv!r}
+train_fold("ilt", 0, manifest=read_manifest(cv + "/manifest.parquet"),
+           folds=read_folds(cv + "/folds/random_55_25_20.parquet"), features_dir=cv + "/features",
+           model_params=tiny_config("ilt"), train_params={params!r}, checkpoint_dir={ckpt!r})
+"""
+
+
+@pytest.mark.slow
+def test_fold_killed_with_sigkill_resumes_from_its_last_epoch(synthetic_cv, tmp_path):
+    cv = synthetic_cv()
+    ckpt = tmp_path / "ckpt"
+    params = {**FAST, "epochs": 200}
+    script = _KILL_SCRIPT.format(root=str(Path(__file__).resolve().parents[2]), cv=str(cv["root"]),
+                                 params=params, ckpt=str(ckpt))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 90
+        while not (ckpt / "state.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no checkpoint written within 90 s"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = torch.load(ckpt / "state.pt", weights_only=True)["epoch"]
+    assert 1 <= done < 200
+    r = _fold(cv, ckpt, epochs=done + 1)
+    assert r.resumed_from_epoch == done and r.epochs_run == done + 1
