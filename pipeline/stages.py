@@ -36,12 +36,11 @@ def demo_data(params_path: str | Path, out: str | Path, models_out: str | Path |
     _say(f"demo corpus: {len(df)} utterances, {df['speaker'].nunique()} speakers, "
          f"{df['session'].nunique()} sessions, classes {counts} → {out} ({time.perf_counter() - t0:.1f} s)")
     if models_out is not None:
-        from features.pretrained import build_tiny_model
+        from features.pretrained import ensure_demo_models
 
-        for kind in ("wav2vec2", "roberta"):
-            path = Path(models_out) / f"tiny-{kind}"
-            build_tiny_model(kind, path, seed=models_seed)
-            _say(f"tiny {kind} with RANDOM weights (demo only) → {path}")
+        for feat, override in ensure_demo_models(models_out, seed=models_seed).items():
+            if str(Path(models_out)) in str(next(iter(override.values()))):
+                _say(f"{feat}: demo encoder with RANDOM weights (pipeline test only) → {override}")
 
 
 def manifest(params_path: str | Path, out: str | Path) -> None:

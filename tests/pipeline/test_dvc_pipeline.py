@@ -72,7 +72,7 @@ def test_repro_noop_and_param_change_reruns_one_feature(tmp_path):
 
     mfcc_before = (proj / "data/features/mfcc13.h5").read_bytes()
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["features"]["logmel40"] = {"n_mels": 32}
+    params["features"]["logmel40"]["n_mels"] = 32
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = sh(proj, "dvc", "repro")
     ran = [line for line in changed.splitlines() if line.startswith("Running stage")]
