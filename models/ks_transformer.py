@@ -4,7 +4,7 @@ Follows the paper and, where it is silent, the authors' code ``HappyColor/Key-Sp
 (``model/KS_transformer_model.py``, ``model/KS_transformer.py``, ``model/CCAB_block.py``,
 ``config/model_config.json``):
 
-* per modality: 5 vanilla transformer layers → a stack of ``num_ccab`` CCABs with
+* per modality: 5 vanilla transformer layers → a stack of ``ccab`` CCABs with
   ``x_a = x_a + CCABs(x_a, x_t)`` (the stack itself returns ``chain(x) + x``, as in the code) → 2
   key-sparse self-attention layers → mean over positions → concat → FC(d/2) ReLU Dropout 0.5 →
   FC(d/4) ReLU Dropout 0.5 → FC(num_classes), with d = audio_dim + text_dim (768/384 for 768+768 inputs);
@@ -23,7 +23,7 @@ Deliberate departures from the code (paper first, masks honoured):
 * ``key_len_mode="valid"`` (default): k = int(valid_keys × keep_rate) per item and the column sums run over
   non-padded queries, i.e. the paper's "50 % of the keys" of *this* utterance. ``"padded"`` reproduces the
   code (k from the padded length, all query rows summed), which only matters when the dataset pads;
-* ``num_ccab=0`` removes the interaction module (paper Table 1 "0 = removed"); the code would double x.
+* ``ccab=0`` removes the interaction module (paper Table 1 "0 = removed"); the code would double x.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ class KSTransformerConfig:
     ffn_audio: int = 256  # C model_config.json ffn_embed_dim
     ffn_text: int = 512
     num_extract_layers: int = 5  # P
-    num_ccab: int = 3  # P (Table 1 sweeps 0..4)
+    ccab: int = 3  # P (Table 1 sweeps 0..4)
     num_fusion_layers: int = 2  # P
     n_heads: int = 8  # P
     dropout: float = 0.1  # C
@@ -257,7 +257,7 @@ class KSTransformer(PaperModel):
 
     >>> from models import create_model, example_batch
     >>> kw = dict(audio_dim=16, text_dim=8, ffn_audio=16, ffn_text=16, n_heads=2, num_extract_layers=1,
-    ...           num_ccab=1, num_fusion_layers=1)
+    ...           ccab=1, num_fusion_layers=1)
     >>> create_model("ks_transformer", **kw).eval()(**example_batch("ks_transformer", **kw)).shape
     torch.Size([2, 4])
     """
@@ -282,8 +282,8 @@ class KSTransformer(PaperModel):
     def __init__(self, config: KSTransformerConfig, num_classes: int = 4):
         super().__init__(config, num_classes)
         c = config
-        if c.num_ccab < 0:
-            raise ValueError("ks_transformer: num_ccab must be >= 0")
+        if c.ccab < 0:
+            raise ValueError("ks_transformer: ccab must be >= 0")
         if c.key_len_mode not in ("valid", "padded"):
             raise ValueError(
                 f"ks_transformer: key_len_mode must be 'valid' or 'padded', got {c.key_len_mode!r}"
@@ -293,9 +293,9 @@ class KSTransformer(PaperModel):
         a, t, h = c.audio_dim, c.text_dim, c.n_heads
         self.audio_extract = KSBlock(c.num_extract_layers, a, c.ffn_audio, h, **base)
         self.text_extract = KSBlock(c.num_extract_layers, t, c.ffn_text, h, **base)
-        if c.num_ccab > 0:
-            self.audio_ccab = CCABStack(c.num_ccab, a, t, c.ffn_audio, h, **ks)
-            self.text_ccab = CCABStack(c.num_ccab, t, a, c.ffn_text, h, **ks)
+        if c.ccab > 0:
+            self.audio_ccab = CCABStack(c.ccab, a, t, c.ffn_audio, h, **ks)
+            self.text_ccab = CCABStack(c.ccab, t, a, c.ffn_text, h, **ks)
         self.audio_fusion = KSBlock(c.num_fusion_layers, a, c.ffn_audio, h, **ks)
         self.text_fusion = KSBlock(c.num_fusion_layers, t, c.ffn_text, h, **ks)
         d = a + t
@@ -311,7 +311,7 @@ class KSTransformer(PaperModel):
         → logits (B, num_classes)."""
         x_a = self.audio_extract(audio, audio_mask)
         x_t = self.text_extract(text, text_mask)
-        if self.config.num_ccab > 0:
+        if self.config.ccab > 0:
             x_at = self.audio_ccab(x_a, audio_mask, x_t, text_mask)
             x_ta = self.text_ccab(x_t, text_mask, x_a, audio_mask)
             x_a, x_t = x_a + x_at, x_t + x_ta

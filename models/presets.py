@@ -30,7 +30,7 @@ TINY: dict[str, dict[str, Any]] = {
     "cat": _A,
     "ks_transformer": dict(
         audio_dim=16, text_dim=8, ffn_audio=32, ffn_text=16, n_heads=2,
-        num_extract_layers=1, num_ccab=2, num_fusion_layers=1,
+        num_extract_layers=1, ccab=2, num_fusion_layers=1,
     ),
     "multilevel_transformer": _C,
     "multigranularity": dict(_C, bert_dim=20, bert_proj=8, multilevel_proj=8),
