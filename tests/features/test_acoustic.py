@@ -292,6 +292,29 @@ def test_lld17_unvoiced_value_is_configurable():
     assert np.mean(out[:, COL["log_f0"]] == -1.0) > 0.95
 
 
+# The shortest (3 s) read-speech clip keeps pyin's cost (and its numba compile) small.
+_REAL_SPEECH = [p for p in ["/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav"]
+                if __import__("os").path.exists(p)]
+
+
+@pytest.mark.skipif(not _REAL_SPEECH, reason="real read speech from Debian's pocketsphinx-testdata is not installed")
+def test_lld17_f0_agrees_with_pyin_on_real_speech():
+    from features.audio import load_audio
+
+    for path in _REAL_SPEECH:
+        y = load_audio(path)
+        out = get_extractor("lld17").extract(y, SR)
+        ref, ref_voiced, _ = librosa.pyin(y, fmin=60, fmax=600, sr=SR, frame_length=800, hop_length=80)
+        n = min(out.shape[0], ref.shape[0])
+        ours_voiced = out[:n, COL["log_f0"]] != 0
+        both = ours_voiced & ref_voiced[:n]
+        assert both.mean() > 0.4, path
+        ratio = np.exp(out[:n, COL["log_f0"]][both]) / ref[:n][both]
+        assert np.median(np.abs(ratio - 1)) < 0.02, path
+        assert np.mean(np.abs(np.log2(ratio)) > 0.2) < 0.05, path  # octave/gross errors
+        assert np.mean(ours_voiced == ref_voiced[:n]) > 0.75, path
+
+
 # ---------------------------------------------------------------- pure helpers ---------------------------------
 def test_frame_signal_windows_are_centred():
     y = np.arange(1, 11, dtype=np.float32)
