@@ -722,9 +722,21 @@ class OpenL3Features(Extractor):
                     info = {"random_weights": False, "weights_source": url}
                 else:
                     p = self._weights_file()
-                    model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
                     marker = p.parent / "emoflow.json"
                     meta = json.loads(marker.read_text()) if marker.is_file() else {}
+                    for key in ("input_repr", "content_type", "embedding_size"):
+                        if key in meta and meta[key] != getattr(c, key):
+                            raise ValueError(
+                                f"openl3 weights {p} were built for {key}={meta[key]!r} but features.openl3.{key} is "
+                                f"{getattr(c, key)!r}; make them match (or rebuild with build_tiny_model)"
+                            )
+                    try:
+                        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+                    except Exception as e:
+                        raise ValueError(
+                            f"openl3 weights {p} do not fit input_repr={c.input_repr}, content_type={c.content_type}, "
+                            f"embedding_size={c.embedding_size} ({type(e).__name__}: {str(e)[:200]})"
+                        ) from None
                     info = {"random_weights": bool(meta.get(RANDOM_WEIGHTS_KEY, False)), "weights_source": str(p),
                             "weights_sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
                     if info["random_weights"]:

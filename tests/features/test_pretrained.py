@@ -229,6 +229,8 @@ def test_openl3_random_weights_batch_and_provenance(tmp_path):
     np.testing.assert_allclose(from_file.extract(wavs[0], SR), batch[0], atol=1e-5)
     prov = from_file.provenance()
     assert prov["random_weights"] is True and prov["weights_sha256"]
+    with pytest.raises(ValueError, match="input_repr"):  # weights built for mel128, config asks for mel256
+        get_extractor("openl3", weights=str(path), device="cpu").extract(wavs[0], SR)
 
 
 def test_openl3_missing_weights_file_message(tmp_path):
