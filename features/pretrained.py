@@ -38,13 +38,13 @@ import math
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from features.base import Extractor, ExtractorConfig, register_extractor
+from features.base import RUNTIME_ONLY, Extractor, ExtractorConfig, register_extractor
 
 __all__ = [
     "ModelNotAvailableError",
@@ -296,9 +296,9 @@ class Wav2Vec2FeatureConfig(ExtractorConfig):
     layers: Any = None
     layer_reduce: str = "stack"
     dtype: str = "float32"
-    device: str = "auto"
+    device: str = field(default="auto", metadata=RUNTIME_ONLY)
     autocast: bool = True
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=RUNTIME_ONLY)
     #: long utterances are cut into chunks of this many seconds (plus the CNN's 25 ms receptive-field overlap,
     #: so the frame count and frame timing equal those of one pass); each chunk is encoded on its own
     #: (transformer context ends at chunk borders). Nothing is truncated.
@@ -531,9 +531,9 @@ class RobertaFeatureConfig(ExtractorConfig):
     layers: Any = None
     layer_reduce: str = "stack"
     dtype: str = "float32"
-    device: str = "auto"
+    device: str = field(default="auto", metadata=RUNTIME_ONLY)
     autocast: bool = True
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=RUNTIME_ONLY)
     #: window length in tokens including <s>/</s>; None = the model's maximum (512 for roberta-base). Longer
     #: transcripts are split into windows encoded separately and concatenated (nothing is truncated).
     max_tokens: int | None = None
@@ -580,9 +580,9 @@ class BertClsConfig(ExtractorConfig):
     layers: Any = None
     layer_reduce: str = "stack"
     dtype: str = "float32"
-    device: str = "auto"
+    device: str = field(default="auto", metadata=RUNTIME_ONLY)
     autocast: bool = True
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=RUNTIME_ONLY)
     #: window length in tokens incl. [CLS]/[SEP]; None = model maximum. A longer transcript's CLS is the mean of
     #: its windows' CLS vectors (documented; nothing is truncated).
     max_tokens: int | None = None
@@ -629,9 +629,9 @@ class OpenL3Config(ExtractorConfig):
     #: build_tiny_model('openl3', ...)); ``random``: seeded random weights (tests; recorded as random).
     weights: str = "auto"
     seed: int = 0
-    device: str = "auto"
+    device: str = field(default="auto", metadata=RUNTIME_ONLY)
     #: 1-s windows per forward pass.
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=RUNTIME_ONLY)
     dtype: str = "float32"
 
 

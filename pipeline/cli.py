@@ -77,9 +77,11 @@ def stage_folds(plan: str = typer.Option(..., "--plan"), manifest: Path = typer.
 def stage_extract(feature: str = typer.Option(..., "--feature"), manifest: Path = typer.Option(..., "--manifest"),
                   out: Path = typer.Option(..., "--out"), jobs: Optional[int] = typer.Option(None, "--jobs",
                   help="worker processes (default: params extract.jobs; 0 = all cores)"),
+                  device: Optional[str] = typer.Option(None, "--device", help="auto|cpu|cuda for model-based "
+                                                       "features (not part of the cache key)"),
                   progress: bool = typer.Option(True), params: Path = PARAMS):
     """Extract one feature set into data/features/<feature>.h5 (incremental, resumable)."""
-    _run(stages.extract, params, feature, manifest, out, jobs=jobs, progress=progress)
+    _run(stages.extract, params, feature, manifest, out, jobs=jobs, device=device, progress=progress)
 
 
 @stage_app.command("train")

@@ -83,6 +83,7 @@ def extract(
     out: str | Path,
     *,
     jobs: int | None = None,
+    device: str | None = None,
     progress: bool = True,
 ) -> None:
     from features import get_extractor
@@ -99,6 +100,10 @@ def extract(
         jobs = expect(ex_cfg.get("jobs", 0), int, "extract.jobs")
     batch_size = expect(ex_cfg.get("batch_size", 32), int, "extract.batch_size")
     root = section(params, "dataset.root")
+    if device is not None:
+        if "device" not in cfg and not hasattr(get_extractor(feature, **cfg).config, "device"):
+            raise ParamsError(f"--device: feature {feature!r} has no device setting (it runs on the CPU)")
+        cfg = {**cfg, "device": device}
     extractor = get_extractor(feature, **cfg)
     res = extract_features(extractor, read_manifest(manifest_path), out, audio_root=root, audio=audio,
                            jobs=jobs, batch_size=batch_size, progress=progress)

@@ -186,3 +186,12 @@ def test_readers_in_dataloader_workers(corpus):
     got = torch.cat(list(dl))
     want = torch.tensor([reader[f"u{i:02d}"].sum() for i in range(12)])
     torch.testing.assert_close(got, want)
+
+
+def test_runtime_only_fields_do_not_change_the_content_key():
+    from features import get_extractor
+
+    a = get_extractor("wav2vec2", model="data/models/tiny-wav2vec2", device="cpu", batch_size=2)
+    b = get_extractor("wav2vec2", model="data/models/tiny-wav2vec2", device="cuda", batch_size=64)
+    c = get_extractor("wav2vec2", model="data/models/tiny-wav2vec2", dtype="float16")
+    assert a.config_hash == b.config_hash != c.config_hash
