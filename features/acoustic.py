@@ -6,17 +6,21 @@ is a config field, overridable from ``params.yaml: features.<name>``.
 
 Framing (all four sets; ``center`` is a config field, default ``True`` = librosa's default)
 
-* ``center=True``: frame ``t`` is centred on sample ``t·hop`` (the signal is zero-padded on both sides, librosa's
-  ``pad_mode="constant"``); ``frames = 1 + n // hop``. Audio shorter than one window still gives ≥ 1 frame.
+* ``center=True``: frame ``t`` is centred on sample ``t·hop`` (the signal is padded on both sides with
+  ``pad_mode``: ``"constant"`` = zeros, librosa ≥ 0.10's default; ``"reflect"`` reproduces librosa < 0.10);
+  ``frames = 1 + n // hop``, e.g. 7.5 s at hop 160 → 751 frames (the model's dataset cuts to 750). Audio shorter
+  than one window still gives ≥ 1 frame.
 * ``center=False``: frame ``t`` starts at sample ``t·hop``; ``frames = 1 + max(0, n − frame_length) // hop``
   where ``frame_length`` is ``n_fft`` for the librosa sets (librosa frames ``n_fft`` samples) and ``win_length``
   for ``lld17``. Audio shorter than one frame is zero-padded to one frame (1 frame, never 0).
 
 ``Extractor.n_frames(n_samples)`` returns this count; ``frame_shift`` is ``hop / 16000`` seconds.
 
-The librosa-based sets are exactly one librosa call each (tests check ``np.allclose`` against calling librosa
-directly); ``lld17`` frames the signal itself so every descriptor, including the longer pitch window, sits on the
-same 5 ms grid.
+``logmel40``/``fbank128``/``mfcc13`` give the numbers of ``librosa.feature.melspectrogram`` / ``librosa.feature.mfcc``
+with the documented parameters (tests check ``np.allclose`` against calling librosa directly): librosa's window,
+mel basis, ``power_to_db`` and DCT, with the STFT power computed frame-major in cache-sized blocks (~2–3× faster
+than ``librosa.stft``, which spends its time on strided window products, not on the FFT). ``lld17`` frames the
+signal itself so every descriptor, including the longer pitch window, sits on the same 5 ms grid.
 """
 
 from __future__ import annotations

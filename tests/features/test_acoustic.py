@@ -160,9 +160,12 @@ def test_logmel40_equals_librosa(speechlike, center, pad_mode):
     assert np.allclose(out, ref, atol=1e-3, rtol=1e-5)
 
 
-def test_fbank128_equals_librosa(speechlike):
-    out = get_extractor("fbank128").extract(speechlike, SR)
-    S = librosa.feature.melspectrogram(y=speechlike, sr=SR, n_fft=512, win_length=400, hop_length=192, n_mels=128)
+@pytest.mark.parametrize(("center", "pad_mode"), [(True, "constant"), (True, "reflect"), (False, "constant")])
+def test_fbank128_equals_librosa(speechlike, center, pad_mode):
+    # window (400) shorter than the FFT (512): librosa centres it inside each 512-sample frame
+    out = get_extractor("fbank128", center=center, pad_mode=pad_mode).extract(speechlike, SR)
+    S = librosa.feature.melspectrogram(y=speechlike, sr=SR, n_fft=512, win_length=400, hop_length=192, n_mels=128,
+                                       center=center, pad_mode=pad_mode)
     ref = np.log(np.maximum(S, 1e-10)).T
     assert out.shape == ref.shape
     assert np.allclose(out, ref, atol=1e-3, rtol=1e-5)
