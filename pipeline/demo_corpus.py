@@ -523,14 +523,23 @@ def _render(plan: _UttPlan, cfg: DemoCorpusConfig) -> np.ndarray:
     voice_seg = np.array([p.voice if p is not None else 0.0 for p in phones])
     asp_seg = np.array([1.0 if p is not None and p.kind == "h" else 0.0 for p in phones])
 
-    def per_sample(values: np.ndarray) -> np.ndarray:
-        out = np.zeros(n)
-        out[starts[0]: ends[-1]] = np.repeat(values, lens)
-        return out
-
     ms = sr // 1000
-    a_voice = _smooth(per_sample(voice_seg), 12 * ms)
-    a_asp = _smooth(per_sample(asp_seg), 12 * ms)
+    # Envelopes are built on a 1 ms grid (piecewise constant per phone, smoothed) and interpolated to samples.
+    grid = np.arange(0, n + ms, ms)
+    seg_of_grid = np.searchsorted(ends, grid, side="right")  # phone index per grid point (len(phones) = after)
+    inside = (grid >= starts[0]) & (seg_of_grid < len(phones))
+    up_i = np.arange(n) // ms  # linear interpolation from the 1 ms grid (uniform: cheaper than np.interp)
+    up_f = (np.arange(n) % ms) / ms
+
+    def envelope(values: np.ndarray, smooth_ms: int) -> np.ndarray:
+        if not values.any():
+            return np.zeros(n)
+        g = np.where(inside, values[np.minimum(seg_of_grid, len(values) - 1)], 0.0)
+        g = _smooth(g, smooth_ms)
+        return g[up_i] + up_f * (g[up_i + 1] - g[up_i])
+
+    a_voice = envelope(voice_seg, 12)
+    a_asp = envelope(asp_seg, 12)
 
     # --- F0 contour (semitones around f0_utt) --------------------------------------------------------------
     t = np.arange(n) / sr
@@ -574,8 +583,10 @@ def _render(plan: _UttPlan, cfg: DemoCorpusConfig) -> np.ndarray:
     cyc = np.minimum(phase.astype(np.int64), n_cyc - 1)
     frac = phase - np.floor(phase)
     tp, tn = 0.65 * oq, 0.35 * oq
-    flow = np.where(frac < tp, 0.5 * (1.0 - np.cos(np.pi * frac / tp)),
-                    np.where(frac < oq, np.cos(0.5 * np.pi * (frac - tp) / tn), 0.0))
+    flow = np.zeros(n)
+    rising, falling = frac < tp, (frac >= tp) & (frac < oq)
+    flow[rising] = 0.5 * (1.0 - np.cos((np.pi / tp) * frac[rising]))
+    flow[falling] = np.cos((0.5 * np.pi / tn) * (frac[falling] - tp))
     dflow = np.diff(flow, prepend=flow[0]) * shim[cyc]
     voiced = a_voice > 0.3
     dflow /= np.sqrt(np.mean(dflow[voiced] ** 2)) if voiced.any() else 1.0
@@ -614,8 +625,14 @@ def _render(plan: _UttPlan, cfg: DemoCorpusConfig) -> np.ndarray:
         r1 = min(n, b1 + hj1)
         if r1 <= r0 or not active[r0:r1].any():
             continue
-        idx = np.arange(r0, r1)
-        w = (_ramp((idx - b0) / hj0) if j > 0 else 1.0) - (_ramp((idx - b1) / hj1) if j + 1 < len(seg_f) else 0.0)
+        w = np.zeros(r1 - r0)
+        w[max(b0 - hj0, r0) - r0:] = 1.0
+        if j > 0:  # fade in across [b0 - hj0, b0 + hj0)
+            a, b = max(b0 - hj0, r0), min(b0 + hj0, r1)
+            w[a - r0:b - r0] = _ramp((np.arange(a, b) - b0) / hj0)
+        if j + 1 < len(seg_f):  # fade out across [b1 - hj1, b1 + hj1)
+            a, b = max(b1 - hj1, r0), min(b1 + hj1, r1)
+            w[a - r0:b - r0] -= _ramp((np.arange(a, b) - b1) / hj1)
         sos = _formant_sos([f * s for f, s in zip(ftg, fscale, strict=True)], sr)
         y[r0:r1] += w * sosfilt(sos, src[r0:r1])
     y /= np.sqrt(np.mean(y[voiced] ** 2)) if voiced.any() else max(float(np.sqrt(np.mean(y**2))), 1e-9)
@@ -634,7 +651,7 @@ def _render(plan: _UttPlan, cfg: DemoCorpusConfig) -> np.ndarray:
                 a = max(int(starts[i]), b - 12 * ms)
                 env[a:b] = env_seg[i] * np.linspace(1.0, 0.3, b - a)
         else:
-            env = _smooth(per_sample(env_seg), 10 * ms)
+            env = envelope(env_seg, 10)
         y += fric_gain * sosfilt(fsos[key], fnoise * env) * 1.2
     # --- level, session channel, background noise ------------------------------------------------------------
     speech_rms = np.sqrt(np.mean(y[voiced] ** 2)) if voiced.any() else 1.0
@@ -722,9 +739,12 @@ def generate_demo_corpus(
         columns=list(METADATA_COLUMNS),
     )
     wanted = {out / p for p in df["path"]}
-    for stale in sorted((out / "wav").glob("*/*.wav")):
-        if stale not in wanted:
+    for stale in sorted((out / "wav").glob("*/*.wav")) + sorted((out / "wav").glob("*/.*.tmp")):
+        if stale not in wanted:  # from a bigger earlier config, or an interrupted write
             stale.unlink()
+    for d in sorted((out / "wav").iterdir()):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
     _write_if_changed(out / "metadata.csv", df.to_csv(index=False, lineterminator="\n").encode("utf-8"))
     return df
 
