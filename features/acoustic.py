@@ -46,8 +46,10 @@ __all__ = [
     "Mfcc",
     "Lld17",
     "LLD17_COLUMNS",
+    "MelProjection",
     "count_frames",
     "frame_signal",
+    "mel_power",
     "validate_waveform",
 ]
 
@@ -114,16 +116,42 @@ def _fit_length(y: np.ndarray, frame_length: int, center: bool) -> np.ndarray:
     return y
 
 
-def mel_power(
-    frames: np.ndarray, window: np.ndarray, n_fft: int, basis_t: np.ndarray, power: float = 2.0
-) -> np.ndarray:
-    """``|rfft(frames · window, n_fft)|^power @ basis_t``: ``(n_frames, L)`` → ``(n_frames, n_mels)`` float32.
+class MelProjection:
+    """``power @ basis_t`` for a mel basis ``(n_bins, n_mels)``, done band-wise: each group of 16 adjacent mel
+    filters only touches the FFT bins under its triangles, so the product skips the basis's zeros (5× fewer
+    multiply-adds for 128 bands on a 2048-point FFT) and gives the dense product's values."""
 
-    The same numbers as ``librosa.feature.melspectrogram`` (tests check it), computed frame-major in blocks: librosa's
-    ``stft`` spends most of its time on strided window products and ``np.abs(S)**power``, not on the FFT.
+    def __init__(self, basis_t: np.ndarray, group: int = 16):
+        basis_t = np.asarray(basis_t, dtype=np.float32)
+        self.n_bins, self.n_mels = basis_t.shape
+        self.groups: list[tuple[int, int, int, int, np.ndarray]] = []
+        for j0 in range(0, self.n_mels, group):
+            j1 = min(self.n_mels, j0 + group)
+            rows = np.nonzero(np.any(basis_t[:, j0:j1] != 0, axis=1))[0]
+            lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+            self.groups.append((j0, j1, lo, hi, np.ascontiguousarray(basis_t[lo:hi, j0:j1])))
+
+    def __call__(self, power: np.ndarray, out: np.ndarray) -> np.ndarray:
+        for j0, j1, lo, hi, w in self.groups:
+            if hi > lo:
+                out[:, j0:j1] = power[:, lo:hi] @ w
+            else:  # an empty band (librosa warns about these): zero energy
+                out[:, j0:j1] = 0.0
+        return out
+
+
+def mel_power(
+    frames: np.ndarray, window: np.ndarray, n_fft: int, mel: MelProjection, power: float = 2.0
+) -> np.ndarray:
+    """``|rfft(frames · window, n_fft)|^power`` projected on ``mel``: ``(n_frames, L)`` → ``(n_frames, n_mels)``
+    float32.
+
+    The same numbers as ``librosa.feature.melspectrogram`` (tests check it), computed frame-major in cache-sized
+    blocks: librosa's ``stft`` spends most of its time on strided window products and ``np.abs(S)**power``, not on
+    the FFT.
     """
     n_frames, length = frames.shape
-    out = np.empty((n_frames, basis_t.shape[1]), np.float32)
+    out = np.empty((n_frames, mel.n_mels), np.float32)
     block = max(32, _BLOCK_SAMPLES // n_fft)
     buf = np.zeros((min(block, n_frames), n_fft), np.float32)  # zero tail: the FFT's padding, written once
     for s in range(0, n_frames, block):
@@ -133,7 +161,7 @@ def mel_power(
         p = spec.real**2 + spec.imag**2
         if power != 2.0:
             p = p ** (power / 2.0)
-        np.matmul(p, basis_t, out=out[s : s + nb])
+        mel(p, out[s : s + nb])
     return out
 
 
@@ -228,7 +256,7 @@ class _LibrosaFramed(_Cached, Extractor):
         def build_basis() -> np.ndarray:
             fb = librosa.filters.mel(sr=self.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.fmin,
                                      fmax=c.fmax, htk=c.htk, norm=c.norm)
-            return np.ascontiguousarray(fb.T, dtype=np.float32)
+            return MelProjection(fb.T)
 
         n = self.n_frames(y.shape[0])
         frames = frame_signal(y, win, c.hop_length, n, 0 if c.center else c.n_fft // 2, c.pad_mode)
@@ -442,8 +470,8 @@ class Lld17(_Cached, Extractor):
     def n_frames(self, n_samples: int) -> int:
         return count_frames(n_samples, self.config.win_length, self.config.hop_length, self.config.center)
 
-    def _mfcc_constants(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Window ``(win,)``, mel basis ``(n_fft//2+1, n_mels)`` and liftered DCT ``(n_mels, n_mfcc)``."""
+    def _mfcc_constants(self) -> tuple[np.ndarray, MelProjection, np.ndarray]:
+        """Window ``(win,)``, mel projection (``n_fft//2+1`` bins → ``n_mels``) and liftered DCT ``(n_mels, n_mfcc)``."""
 
         def build():
             import librosa
@@ -464,8 +492,7 @@ class Lld17(_Cached, Extractor):
             dct = scipy.fft.dct(np.eye(c.n_mels), type=2, norm="ortho", axis=0)[1 : c.n_mfcc + 1]
             i = np.arange(1, c.n_mfcc + 1)
             lift = 1.0 + (c.lifter / 2.0) * np.sin(np.pi * i / c.lifter) if c.lifter > 0 else np.ones(c.n_mfcc)
-            return (window, np.ascontiguousarray(melfb.T, dtype=np.float32),
-                    np.ascontiguousarray((dct * lift[:, None]).T, dtype=np.float32))
+            return (window, MelProjection(melfb.T), np.ascontiguousarray((dct * lift[:, None]).T, dtype=np.float32))
 
         return self._const("mfcc", build)
 
@@ -479,14 +506,14 @@ class Lld17(_Cached, Extractor):
         m = c.n_mfcc
 
         # MFCC c1..c12 on the pre-emphasised signal.
-        window, melfb_t, dct_t = self._mfcc_constants()
+        window, mel_proj, dct_t = self._mfcc_constants()
         y_pe = y
         if c.preemphasis:
             y_pe = np.empty_like(y)
             y_pe[0] = y[0]
             np.subtract(y[1:], c.preemphasis * y[:-1], out=y_pe[1:])
         frames = frame_signal(y_pe, c.win_length, c.hop_length, n_frames, first_centre)
-        mel = mel_power(frames, window, c.n_fft, melfb_t)
+        mel = mel_power(frames, window, c.n_fft, mel_proj)
         out[:, :m] = np.log(np.maximum(mel, c.mel_floor)) @ dct_t
 
         # Log energy and ZCR from running sums over the raw signal (O(n), no per-frame loop).

@@ -10,7 +10,7 @@ import pytest
 import scipy.fft
 import scipy.signal
 
-from features.acoustic import LLD17_COLUMNS, count_frames, frame_signal
+from features.acoustic import LLD17_COLUMNS, MelProjection, count_frames, frame_signal
 from features.base import get_extractor, list_extractors
 from features.pitch import autocorr_pitch, hnr_from_r
 
@@ -325,6 +325,15 @@ def test_frame_signal_windows_are_centred():
     assert fr.shape == (4, 4)
     assert np.array_equal(fr[0], [0, 0, 1, 2]) and np.array_equal(fr[1], [2, 3, 4, 5])
     assert np.array_equal(fr[3], [8, 9, 10, 0])
+
+
+def test_banded_mel_projection_equals_dense_product():
+    rng = np.random.default_rng(5)
+    power = rng.random((37, 1025)).astype(np.float32)
+    basis_t = librosa.filters.mel(sr=SR, n_fft=2048, n_mels=128).T.astype(np.float32)
+    basis_t[:, 40] = 0.0  # an empty band stays zero
+    out = MelProjection(basis_t)(power, np.empty((37, 128), np.float32))
+    assert np.allclose(out, power @ basis_t, rtol=1e-5, atol=1e-7) and np.all(out[:, 40] == 0)
 
 
 def test_hnr_from_r_is_clipped_and_finite():
