@@ -1,14 +1,15 @@
 """The synthetic demo corpus: layout, determinism, IEMOCAP-like shape, and how separable its classes are.
 
 Separability thresholds come from measurements on seeds 0, 1, 2 of the default corpus (440 utterances,
-5-fold stratified CV; majority-class share 0.295):
+5-fold stratified CV; majority-class share 0.295). For comparison, 20 MFCC + 40 log-mel mean/std, speaker
+z-normed, LogReg: 0.74 (0.71 leave-one-session-out), so the corpus is learnable but not trivially so.
 
 =============================================  =================  =====================
 classifier                                      measured            asserted
 =============================================  =================  =====================
-LogReg on utterance mean log-energy alone        0.309 - 0.311      < 0.45
-LogReg on 9 prosodic stats, speaker z-normed     0.620 - 0.664      0.45 < acc < 0.90
-LogReg on bag of words of the transcript         0.482 - 0.498      0.38 < acc < 0.80
+LogReg on utterance mean log-energy alone        0.295 - 0.309      < 0.45
+LogReg on 9 prosodic stats, speaker z-normed     0.605 - 0.657      chance+0.15 < acc < 0.90
+LogReg on bag of words of the transcript         0.482 - 0.498      chance+0.08 < acc < 0.80
 =============================================  =================  =====================
 """
 
@@ -34,7 +35,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline.demo_corpus import METADATA_COLUMNS, DemoCorpusConfig, generate_demo_corpus
 
-SMALL = dict(n_speakers=10, n_sessions=5, utts_per_speaker=4)  # 40 utterances, ~1 s to build
+SMALL = dict(n_speakers=4, n_sessions=2, utts_per_speaker=4)  # 16 utterances, ~0.3 s to build
 
 
 def _sha(path: Path) -> str:
@@ -230,7 +231,7 @@ def test_prosody_separates_well_above_chance_but_not_perfectly(prosody):
     _, z, y = prosody
     acc = _cv_acc(_logreg(), z, y)
     chance = pd.Series(y).value_counts(normalize=True).max()
-    assert chance + 0.15 < acc < 0.90, (acc, chance)  # measured 0.62-0.66
+    assert chance + 0.15 < acc < 0.90, (acc, chance)  # measured 0.60-0.66
 
 
 def test_classes_differ_the_way_acted_emotions_do(prosody, full):
