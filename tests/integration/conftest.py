@@ -53,14 +53,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: training settings small enough for CI (2 epochs on a 40-utterance corpus)
+TINY_TRAIN = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1}
+
+
 def tiny_params() -> dict:
-    """The repository's params.yaml with the smallest demo corpus every stage accepts and one feature."""
+    """The repository's params.yaml with the smallest demo corpus every stage accepts, one feature, one fold
+    plan, and a tiny configuration of :data:`MODEL`."""
+    from models import tiny_config
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["demo"].update(utts_per_speaker=4, min_duration=1.0, max_duration=1.6)
     params["folds"]["plans"] = [PLAN]
     params["extract"]["features"] = [FEATURE]
     params["extract"]["jobs"] = 1
+    params.setdefault("models", {})[MODEL] = {k: list(v) if isinstance(v, tuple) else v
+                                              for k, v in tiny_config(MODEL).items()}
+    params["train"] = {**(params.get("train") or {}), **TINY_TRAIN,
+                       "storage_dir": ".emoflow/prefect", "runs_dir": "runs"}
     return params
+
+
+def _train_stage(real: dict | None) -> dict:
+    """The real ``train`` stage restricted to :data:`MODEL`; while dvc.yaml has none, the equivalent of what
+    its ``emoflow stage train`` command does."""
+    if real is not None:
+        stage = dict(real)
+        if "foreach" in stage:
+            stage["foreach"] = [MODEL]
+        return stage
+    return {"foreach": [MODEL], "do": {
+        "cmd": "emoflow stage train --model ${item} --manifest data/manifest.parquet --folds-dir data/folds "
+               "--features-dir data/features --out results",
+        "deps": ["data/manifest.parquet", f"data/folds/{PLAN}.parquet", f"data/features/{FEATURE}.h5",
+                 "pipeline/flows.py", "pipeline/train.py"],
+        "params": ["models.${item}", "train"],
+        "outs": ["results/${item}"],
+    }}
 
 
 def _tiny_dvc_yaml() -> dict:
@@ -70,13 +99,15 @@ def _tiny_dvc_yaml() -> dict:
     if demo:  # logmel40 needs no pretrained encoders: skip building the tiny random-weight models
         demo["cmd"] = demo["cmd"].replace(" --models-out data/models", "")
         demo["outs"] = [o for o in demo.get("outs", []) if o != "data/models"]
+    stages["train"] = _train_stage(dvc["stages"].get("train"))
     dvc["stages"] = stages
     return dvc
 
 
 @pytest.fixture(scope="session")
 def dvc_project(tmp_path_factory) -> Path:
-    """A committed git+DVC project with ``dvc repro`` done: manifest, one fold plan and one feature file.
+    """A committed git+DVC project with ``dvc repro`` done up to the features (manifest, one fold plan, one
+    feature file); its ``train@<MODEL>`` stage has not run.
 
     Session-scoped and treated as read-only: tests copy it (:func:`copy_project`) before changing it.
     """
@@ -91,7 +122,8 @@ def dvc_project(tmp_path_factory) -> Path:
     sh(proj, "git", "init", "-q", "-b", "main")
     sh(proj, "dvc", "init", "-q")
     sh(proj, "dvc", "config", "core.analytics", "false")
-    out = sh(proj, "dvc", "repro", timeout=600)
+    # everything up to the features; training is what the tests (the teammate) do
+    out = sh(proj, "dvc", "repro", f"extract@{FEATURE}", f"folds@{PLAN}", timeout=600)
     assert (proj / f"data/features/{FEATURE}.h5").is_file(), out
     sh(proj, "git", "add", "-A")
     sh(proj, "git", "commit", "-q", "-m", "tiny emoflow project")
@@ -111,4 +143,33 @@ def it():
 
     return types.SimpleNamespace(sh=sh, env=env, free_port=free_port, copy_project=copy_project,
                                  tiny_params=tiny_params, ROOT=ROOT, BIN=BIN, FEATURE=FEATURE, PLAN=PLAN,
-                                 MODEL=MODEL)
+                                 MODEL=MODEL, TINY_TRAIN=TINY_TRAIN)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real ``prefect server`` (subprocess, 127.0.0.1, free port, its own PREFECT_HOME) for the session."""
+    from pipeline.server import start_server
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    srv = start_server("127.0.0.1", None, home=home, timeout=120)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pushed_project(dvc_project, tmp_path_factory):
+    """Clone #1 (whoever computed the features) with a shared-disk remote as default, everything pushed."""
+    from pipeline import remote as rm
+
+    base = tmp_path_factory.mktemp("shared")
+    store = base / "team-remote"
+    clone1 = copy_project(dvc_project, base / "clone1")
+    remotes = rm.add_remote("team", str(store), repo=clone1, default=True)
+    assert remotes["team"]["url"] == str(store) and remotes["team"]["scope"] == "project"
+    sh(clone1, "git", "commit", "-q", "-m", "team remote", ".dvc/config")
+    rm.push_targets([], repo=clone1)
+    assert any((store / "files" / "md5").rglob("*")), "push wrote nothing to the remote"
+    return clone1, store

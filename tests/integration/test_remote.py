@@ -41,17 +41,8 @@ def _config(path: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def shared(dvc_project, tmp_path_factory):
-    """Clone #1 (the one who computed the features) with a shared-disk remote as default, pushed."""
-    base = tmp_path_factory.mktemp("shared")
-    store = base / "team-remote"
-    clone1 = copy_project(dvc_project, base / "clone1")
-    remotes = rm.add_remote("team", str(store), repo=clone1, default=True)
-    assert remotes["team"]["url"] == str(store) and remotes["team"]["scope"] == "project"
-    sh(clone1, "git", "commit", "-q", "-m", "team remote", ".dvc/config")
-    rm.push_targets([], repo=clone1)
-    assert any((store / "files" / "md5").rglob("*")), "push wrote nothing to the remote"
-    return clone1, store
+def shared(pushed_project):
+    return pushed_project
 
 
 def test_local_remote_second_clone_pulls_one_feature_without_extracting(shared, tmp_path):
@@ -100,7 +91,7 @@ def test_pull_for_model_fetches_exactly_the_models_inputs(shared, tmp_path):
     # with the audio too, even the manifest stage (which hashes the corpus) is up to date
     rm.pull_for_model(MODEL, repo=clone2, with_audio=True)
     assert (clone2 / "data/demo_corpus").is_dir()
-    assert rm.status(repo=clone2) == {}
+    assert rm.status(["demo_data", *targets], repo=clone2) == {}
 
 
 def test_pull_errors_name_the_fix(shared, tmp_path):
