@@ -279,17 +279,39 @@ class FeatureWriter:
     def __enter__(self) -> FeatureWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreLockedError(
+                    f"{self.path}: another process is writing this feature file (lock {lock_path}); wait for it "
+                    "to finish — two writers on one feature file are refused so that neither corrupts it"
+                ) from None
+            # The previous holder unlinks the lock file when it is done: a lock taken on that unlinked inode
+            # would not exclude the next process (which creates a new file), so retry on the current one.
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise StoreLockedError(
-                f"{self.path}: another process is writing this feature file (lock {lock_path}); wait for it to "
-                "finish — two writers on one feature file are refused so that neither corrupts it"
-            ) from None
         self._lock_fd = fd
+        self._remove_stale_temps()
         return self
+
+    def _remove_stale_temps(self) -> None:
+        # Holding the lock, any temp file of this feature file belongs to a writer that was killed mid-write
+        # (its own ``finally`` never ran); it never holds anything that is not also in a shard or the old file.
+        for tmp in self.path.parent.glob(f".{self.path.name}.tmp*"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if self.parts_dir.is_dir():
+            for tmp in self.parts_dir.glob("*.tmp*"):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
 
     def __exit__(self, *exc) -> None:
         if self._lock_fd is not None:
@@ -408,7 +430,6 @@ class FeatureWriter:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         stats = {"total": len(wanted), "reused": len(self._reused), "computed": len(wanted) - len(self._reused)}
         return stats
-
 
     def _file_is_exact(self, wanted: dict[str, str]) -> bool:
         with _open_ro(self.path) as f:

@@ -41,8 +41,8 @@ class ExtractResult:
 def source_checksums(extractor: Extractor, manifest: pd.DataFrame) -> dict[str, str]:
     """Per-utterance content key of the extractor's input: the audio checksum, or the transcript's sha256."""
     if extractor.input == "text":
-        return {u: text_sha256(t) for u, t in zip(manifest["utt_id"], manifest["transcript"].fillna(""))}
-    return dict(zip(manifest["utt_id"], manifest["audio_sha256"]))
+        return {u: text_sha256(t) for u, t in zip(manifest["utt_id"], manifest["transcript"].fillna(""), strict=True)}
+    return dict(zip(manifest["utt_id"], manifest["audio_sha256"], strict=True))
 
 
 def _load_input(extractor: Extractor, row: dict, audio_root: Path, audio_cfg: AudioConfig) -> Any:
@@ -64,8 +64,11 @@ def _compute(extractor: Extractor, rows: list[dict], audio_root: Path, audio_cfg
         raise ExtractionError(
             f"{extractor.name}: failed on a batch starting at {rows[0]['utt_id']} ({type(e).__name__}: {e})"
         ) from e
+    if len(outputs) != len(rows):
+        raise ExtractionError(f"{extractor.name}: returned {len(outputs)} arrays for a batch of {len(rows)} "
+                              f"(starting at {rows[0]['utt_id']}); report the extractor bug")
     result = {}
-    for row, arr in zip(rows, outputs):
+    for row, arr in zip(rows, outputs, strict=True):
         arr = np.asarray(arr)
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             raise ExtractionError(
@@ -102,7 +105,7 @@ def extract_features(
     out_path: str | Path,
     *,
     audio_root: str | Path = ".",
-    audio: AudioConfig = AudioConfig(),
+    audio: AudioConfig = AudioConfig(),  # noqa: B008 (frozen, immutable)
     jobs: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
@@ -117,9 +120,17 @@ def extract_features(
     t0 = time.perf_counter()
     out_path = Path(out_path)
     audio_root = Path(audio_root)
+    if audio_root.is_file():
+        # dataset.root may be the corpus table itself (the `manifest` adapter): its paths are relative to its folder
+        audio_root = audio_root.parent
     wanted = source_checksums(extractor, manifest)
     meta = FileMeta.from_extractor(extractor, audio=audio.to_dict())
     rows_by_id = {r["utt_id"]: r for r in manifest.to_dict("records")}
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"extract.batch_size must be an integer >= 1, got {batch_size!r} (fix params.yaml: "
+                         "extract.batch_size)")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int)):
+        raise ValueError(f"extract.jobs must be an integer (0 = all cores), got {jobs!r} (fix params.yaml: extract.jobs)")
     jobs = (os.cpu_count() or 1) if jobs is None or jobs <= 0 else jobs
     if not extractor.parallel_safe:
         jobs = 1

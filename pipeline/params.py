@@ -19,7 +19,11 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({e}); fix the file (tip: `git diff {path}`)") from None
+        # one line: where (line:column, 1-based) and what, not PyYAML's multi-line caret drawing
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ParamsError(f"{where}: not valid YAML ({what}); fix the file (tip: `git diff {path}`)") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections (dataset, folds, extract, ...)")
     return data
