@@ -105,8 +105,9 @@ def frame_signal(
 
 def _check_positive(name: str, **values: float | int | None) -> None:
     for key, v in values.items():
-        if v is not None and not v > 0:
-            raise ValueError(f"features.{name}.{key} must be > 0, got {v!r} (fix params.yaml: features.{name})")
+        # a string from params.yaml ("forty") would otherwise fail later with a bare TypeError
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise ValueError(f"features.{name}.{key} must be a number > 0, got {v!r} (fix params.yaml: features.{name})")
 
 
 def _fit_length(y: np.ndarray, frame_length: int, center: bool) -> np.ndarray:

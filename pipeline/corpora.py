@@ -318,10 +318,11 @@ def manifest_adapter(
     _check_choice("unknown_label", unknown_label, ("error", "drop"))
     _check_choice("missing_audio", missing_audio, ("error", "skip"))
     if root.is_file() and file is None:
-        file, root = root, root.parent
+        file, root = root, root.parent  # the table itself (a relative path stays relative to the cwd)
     elif file is None:
         raise ManifestError(f"{root}: is a folder; pass file=<the CSV/Parquet table listing path,label>")
-    file = Path(file) if os.path.isabs(file) else root / file
+    else:
+        file = Path(file) if os.path.isabs(file) else root / file
     lm = _resolve_label_map(label_map, GENERIC_LABEL_MAPS, default="")
     return _table_to_manifest(
         _read_table(file), file, root, required=("path", "label"), label_map=lm, unknown_label=unknown_label,
