@@ -17,7 +17,8 @@
   ``HF_HUB_OFFLINE=1`` so hub models missing from the cache fail at once (machines without a model hub). One warm-up pass (numba compilation, lazy model loading, cached
   filterbanks) is excluded; then ``--repeats`` timed passes over all utterances, and the median is reported.
   ``rtf`` is wall-clock (the headline number); ``rtf_cpu`` uses the process's CPU time, which is the better estimate
-  of a dedicated core's speed when other processes share the machine (check ``loadavg_1m_at_start``).
+  of a dedicated core's speed when other processes share the machine (check ``loadavg_1m_at_start``/``_at_end``;
+  on a shared 2-vCPU machine both vary ~3× with the neighbours' load, so compare runs only at similar load).
 * Targets (one core): ``logmel40``/``fbank128``/``mfcc13`` ≥ 1000×, ``lld17`` ≥ 100× (openSMILE's published single-core
   figures are ~125× for MFCC and ~27× for the IS11 LLD set).
 """
@@ -289,6 +290,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {**_machine_info(), **pinning},
         "results": results,
     }
+    try:
+        report["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
+    except OSError:
+        pass
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")
     tmp.write_text(json.dumps(_jsonable(report), indent=2) + "\n")
