@@ -9,9 +9,11 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline import remote as rm
@@ -153,3 +155,64 @@ def test_prefect_ui_shows_run_fold_tasks_and_metrics_artifact(it, teammate_run, 
             Path(keep).mkdir(parents=True, exist_ok=True)
             for png in tmp_path.glob("*.png"):
                 shutil.copy(png, Path(keep) / png.name)
+
+
+def test_serve_runs_extract_deployment_started_from_the_api(it, dvc_project, prefect_server, tmp_path):
+    """``emoflow serve`` on a worker machine: deployments ``extract/<feature>`` and ``cross_validate/<model>``
+    appear on the server; a run of ``extract/<FEATURE>`` created through the API (what the UI's Run button does)
+    executes in the serving checkout, reuses every stored utterance and publishes its summary artifact."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    box = it.copy_project(dvc_project, tmp_path / "gpu-box")
+    h5 = box / f"data/features/{it.FEATURE}.h5"
+    before = h5.read_bytes()
+    api = prefect_server.api_url
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from pipeline.server import serve_deployments; "
+                               f"serve_deployments('params.yaml', models=[{it.MODEL!r}])"],
+        cwd=box, env=it.env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home")),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def serve_log() -> str:
+        return (tmp_path / "serve.log").read_text(errors="replace")[-4000:]
+
+    def poll(fn, what: str, timeout: float = 180):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"serve exited ({proc.returncode}):\n{serve_log()}"
+            try:
+                value = fn()
+                if value:
+                    return value
+            except urllib.error.HTTPError as e:
+                if e.code != 404:
+                    raise
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}:\n{serve_log()}")
+
+    try:
+        dep = poll(lambda: _api(api, f"/deployments/name/extract/{it.FEATURE}"), "the extract deployment")
+        assert dep["parameters"]["feature"] == it.FEATURE
+        cv = poll(lambda: _api(api, f"/deployments/name/cross_validate/{it.MODEL}"), "the cross_validate deployment")
+        assert cv["parameters"]["model"] == it.MODEL
+
+        fr = _api(api, f"/deployments/{dep['id']}/create_flow_run", {})
+        done = poll(lambda: (r := _api(api, f"/flow_runs/{fr['id']}"))["state_type"] in
+                    ("COMPLETED", "FAILED", "CRASHED") and r, "the extract run")
+        assert done["state_type"] == "COMPLETED", serve_log()
+        arts = _api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [fr["id"]]}}})
+        md = [a for a in arts if a["key"] == f"features-{it.FEATURE}"]
+        n_utts = len(pd.read_parquet(box / "data/manifest.parquet"))
+        assert md and f"| n_utts | {n_utts} |" in md[0]["data"], arts
+        assert h5.read_bytes() == before  # every utterance reused: a no-op run leaves the file byte-identical
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
