@@ -225,11 +225,11 @@ def _table_to_manifest(
 
     empty = np.flatnonzero((text["path"] == "").to_numpy())
     if len(empty):
-        raise ManifestError(f"{file}: empty path in data row(s) {list(empty[:5] + 1)}; fill them in")
+        raise ManifestError(f"{file}: empty path in data row(s) {(empty[:5] + 1).tolist()}; fill them in")
     labels = text["label"]
     empty = np.flatnonzero((labels == "").to_numpy())
     if len(empty):
-        raise ManifestError(f"{file}: empty label in data row(s) {list(empty[:5] + 1)}; label or drop them")
+        raise ManifestError(f"{file}: empty label in data row(s) {(empty[:5] + 1).tolist()}; label or drop them")
     keep = np.ones(n, dtype=bool)
     if label_map is not None:
         known = labels.isin(list(label_map)).to_numpy()
@@ -253,7 +253,7 @@ def _table_to_manifest(
         bad = vals.isna() & ~blank
         if bad.any():
             rows = np.flatnonzero(bad.to_numpy())[:5] + 1
-            raise ManifestError(f"{file}: column {col!r} must be seconds; bad values in data row(s) {list(rows)}")
+            raise ManifestError(f"{file}: column {col!r} must be seconds; bad values in data row(s) {rows.tolist()}")
         return vals.to_numpy(dtype="float64")
 
     start, end = num("start"), num("end")
@@ -261,7 +261,7 @@ def _table_to_manifest(
     if len(half):
         raise ManifestError(
             f"{file}: start and end must both be set (a segment) or both be empty (whole file); "
-            f"data row(s) {list(half[:5] + 1)} have only one"
+            f"data row(s) {(half[:5] + 1).tolist()} have only one"
         )
     base = file.parent
     abs_paths = [Path(p) if os.path.isabs(p) else base / p for p in text["path"]]
