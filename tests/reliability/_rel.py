@@ -116,3 +116,51 @@ def assert_one_line_error(code: int, stderr: str, exc, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
+
+
+# --- an instrumented extractor (same numbers and content key as logmel40) -------------------------------------
+def counting_logmel(count_file: str | None = None, kill_at: int = 0, sleep: float = 0.0):
+    """A ``logmel40`` extractor (same name, version and config, hence the same content key and arrays) that
+    counts its calls (``.calls``, and one line per call appended to ``count_file``), sleeps ``sleep`` seconds per
+    utterance, and SIGKILLs its own process at call number ``kill_at`` (0: never)."""
+    import signal
+    import time
+
+    from features.acoustic import LogMel
+
+    class CountingLogMel(LogMel):
+        calls = 0
+
+        def extract(self, waveform, sample_rate):
+            type(self).calls += 1
+            if count_file:
+                with open(count_file, "a") as f:
+                    f.write("1\n")
+            if kill_at and type(self).calls == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if sleep:
+                time.sleep(sleep)
+            return super().extract(waveform, sample_rate)
+
+    CountingLogMel.name = "logmel40"
+    return CountingLogMel()
+
+
+def kill_on_replace(match: str, nth: int = 1) -> None:
+    """Make the ``nth`` ``os.replace`` whose destination path contains ``match`` (or, for a ``match`` starting
+    with ``/``, ends with it) SIGKILL the process instead (the temp file is complete, the rename never happens):
+    a power cut at the worst moment of a write."""
+    import signal
+
+    real = os.replace
+    seen = {"n": 0}
+
+    def replace(src, dst, *a, **kw):
+        d = os.fspath(dst)
+        if d.endswith(match) if match.startswith("/") else match in d:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst, *a, **kw)
+
+    os.replace = replace
