@@ -305,7 +305,8 @@ def modify_remote(name: str, option: str, value: Any = None, *, repo: str | Path
 
 
 def _remove_sections(repo: str | Path, name: str) -> None:
-    for level in ("repo", "local"):
+    # local first: credentials left without the project's url would not validate
+    for level in ("local", "repo"):
         with _edit(repo, level) as conf:
             conf["remote"].pop(name, None)
             if conf["core"].get("remote") == name:

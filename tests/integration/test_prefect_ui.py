@@ -216,3 +216,15 @@ def test_serve_runs_extract_deployment_started_from_the_api(it, dvc_project, pre
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def test_server_ui_talks_to_its_own_port_and_a_busy_port_is_refused(prefect_server, tmp_path):
+    from pipeline.server import ServerError, client_env, start_server
+
+    # the UI asks /ui-settings where the API is: without PREFECT_SERVER_API_PORT it would say 4200
+    with urllib.request.urlopen(prefect_server.ui_url + "/ui-settings", timeout=30) as r:  # noqa: S310
+        assert json.loads(r.read())["api_url"] == prefect_server.api_url
+    assert prefect_server.host == "127.0.0.1" and prefect_server.api_url.startswith("http://127.0.0.1:")
+    with pytest.raises(ServerError, match=f"port {prefect_server.port} .* already in use"):
+        start_server("127.0.0.1", prefect_server.port, home=tmp_path)
+    assert client_env(prefect_server.ui_url) == {"PREFECT_API_URL": prefect_server.api_url}

@@ -158,6 +158,39 @@ def test_credentials_go_to_config_local_only(dvc_project, tmp_path):
         rm.modify_remote("box", "keyfile", tmp_path / "missing", repo=proj)
 
 
+def test_cli_commands(dvc_project, tmp_path):
+    """The typer commands the ``emoflow`` CLI mounts: remote add/list/modify/default/remove, pull --dry-run."""
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    app.add_typer(rm.remote_app, name="remote")
+    app.command("pull")(rm.cli_pull)
+    app.command("push")(rm.cli_push)
+    proj = copy_project(dvc_project, tmp_path / "proj")
+    run = CliRunner().invoke
+    r = run(app, ["remote", "add", "team", str(tmp_path / "store"), "--default", "--repo", str(proj)])
+    assert r.exit_code == 0 and "team (default)" in r.output, r.output
+    r = run(app, ["remote", "add", "minio", "s3://b/p", "--endpoint-url", "http://127.0.0.1:9000",
+                  "--secret-access-key", "zzz-secret", "--repo", str(proj)])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["remote", "list", "--repo", str(proj)])
+    assert r.exit_code == 0 and "zzz-secret" not in r.output and "secret_access_key=***" in r.output, r.output
+    r = run(app, ["pull", "--model", MODEL, "--dry-run", "--repo", str(proj)])
+    assert r.exit_code == 0, r.output
+    assert f"targets: manifest folds@{PLAN} extract@{FEATURE}" in r.output
+    r = run(app, ["pull", "--model", "ks_transformer", "--dry-run", "--repo", str(proj)])
+    assert r.exit_code == 2 and "extract.features" in r.output, r.output
+    r = run(app, ["remote", "modify", "minio", "password", "oops", "--project", "--repo", str(proj)])
+    assert r.exit_code == 2 and "config.local only" in r.output, r.output
+    r = run(app, ["remote", "default", "minio", "--repo", str(proj)])
+    assert r.exit_code == 0 and rm.default_remote(proj) == "minio"
+    r = run(app, ["remote", "remove", "minio", "--repo", str(proj)])
+    assert r.exit_code == 0, r.output
+    assert set(rm.list_remotes(proj)) == {"team"} and rm.default_remote(proj) is None
+    assert "zzz-secret" not in (proj / ".dvc/config.local").read_text()
+
+
 # ------------------------------------------------------------------------------------------ SSH remote
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
 
