@@ -313,7 +313,8 @@ def summarise(model: str, fold_results: list[dict[str, Any]]) -> tuple[dict[str,
     out["labels"] = labels
     out["pooled_confusion"] = pooled["confusion"]
     out["pooled_confusion_normalized"] = pooled["confusion_normalized"]
-    out["train_samples_per_s"] = float(np.nanmean([r["train_samples_per_s"] for r in fold_results]))
+    sps = [r["train_samples_per_s"] for r in fold_results if r["train_samples_per_s"] is not None]
+    out["train_samples_per_s"] = float(np.mean(sps)) if sps else None  # None: every fold was resumed finished
     out["fold_runtime_s"] = float(sum(r["runtime_s"] for r in fold_results))
     return out, preds
 
@@ -586,24 +587,33 @@ def run_cross_validation(
         train_params["seed"] = int(seed)
     if corpus is None:
         corpus = ((whole.get("dataset") or {}).get("name")) if isinstance(whole.get("dataset"), dict) else None
-    return cross_validate(
-        model=model,
-        plan=plan,
-        manifest_path=str(manifest_path),
-        folds_dir=str(folds_dir),
-        features_dir=str(features_dir),
-        results_dir=str(results_dir),
-        runs_dir=str(runs_dir) if runs_dir is not None else flow_cfg.get("runs_dir", "runs"),
-        storage_dir=str(storage_dir or flow_cfg.get("storage_dir") or DEFAULT_STORAGE),
-        model_params=model_params,
-        train_params=train_params,
-        folds=folds,
-        corpus=corpus,
-        task_runner=task_runner or flow_cfg.get("task_runner") or "threads",
-        max_workers=flow_cfg.get("max_workers"),
-        dask_address=flow_cfg.get("dask_address"),
-        refresh_cache=bool(flow_cfg.get("refresh_cache", False)),
-    )
+    plan_in_params = model_params.pop("fold_plan", None)  # models.<name>.fold_plan: another plan than the paper's
+    plan = plan or plan_in_params
+    # Without a server Prefect starts a temporary one and gives it 20 s, too little on a busy 2-core machine
+    # (and every worker process of the processes/dask runners starts its own): allow 120 s unless configured.
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as startup
+    from prefect.settings import temporary_settings
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    with temporary_settings(updates={startup: int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])}):
+        return cross_validate(
+            model=model,
+            plan=plan,
+            manifest_path=str(manifest_path),
+            folds_dir=str(folds_dir),
+            features_dir=str(features_dir),
+            results_dir=str(results_dir),
+            runs_dir=str(runs_dir) if runs_dir is not None else flow_cfg.get("runs_dir", "runs"),
+            storage_dir=str(storage_dir or flow_cfg.get("storage_dir") or DEFAULT_STORAGE),
+            model_params=model_params,
+            train_params=train_params,
+            folds=folds,
+            corpus=corpus,
+            task_runner=task_runner or flow_cfg.get("task_runner") or "threads",
+            max_workers=flow_cfg.get("max_workers"),
+            dask_address=flow_cfg.get("dask_address"),
+            refresh_cache=bool(flow_cfg.get("refresh_cache", False)),
+        )
 
 
 def serve(

@@ -237,7 +237,11 @@ def prepare_fold(
         labels = class_labels(manifest, folds["utt_id"].astype(str))
     label_of = {s: label_ids(manifest, ids, labels) for s, ids in splits.items()}
     subset = train_cfg.get("subset")
-    if subset and subset != "all":
+    known_subsets = set(manifest["subset"].astype(str)) - {""}
+    if subset and subset != "all" and not known_subsets:
+        warnings.warn(f"{model_name}: train setting subset={subset!r} ignored: the manifest has no `subset` values "
+                      "(every utterance is used)", stacklevel=2)
+    elif subset and subset != "all":
         keep = set(manifest.loc[manifest["subset"].astype(str) == subset, "utt_id"].astype(str))
         splits = {s: [u for u in ids if u in keep] for s, ids in splits.items()}
         empty = [s for s, ids in splits.items() if not ids]

@@ -264,3 +264,39 @@ def test_fold_killed_with_sigkill_resumes_from_its_last_epoch(synthetic_cv, tmp_
     assert 1 <= done < 200
     r = _fold(cv, ckpt, epochs=done + 1)
     assert r.resumed_from_epoch == done and r.epochs_run == done + 1
+
+
+def test_train_benchmark_runs_and_reports(tmp_path):
+    """benchmarks/train.py end to end on one tiny model (numbers not asserted: not a timed test)."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "train.py"
+    spec = importlib.util.spec_from_file_location("_bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "train.json"
+    bench.main(["--models", "head_fusion", "ks_transformer", "--tiny", "--repeats", "1", "--warmup", "0",
+                "--batch-size", "4", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["torch_threads"] == 1
+    hf, ks = report["models"]["head_fusion"], report["models"]["ks_transformer"]
+    assert hf["input_shapes"]["mfcc"] == [4, 63, 13] and hf["samples_per_s"] > 0
+    assert ks["input_shapes"]["audio_mask"] == [4, 225] and ks["input_shapes"]["text"][1] == 20
+
+
+def test_subset_setting_keeps_only_that_subset(synthetic_cv):
+    from pipeline.train import prepare_fold
+
+    cv = synthetic_cv()
+    man = cv["manifest"].copy()
+    man.loc[man.index % 2 == 1, "subset"] = "scripted"
+    cfg = resolve_train_config({}, {"subset": "improvised"})
+    data = prepare_fold("ilt", 0, manifest=man, folds=cv["folds"], features_dir=cv["features_dir"],
+                        model_params=tiny_config("ilt"), train_cfg=cfg)
+    improvised = set(man.loc[man["subset"] == "improvised", "utt_id"])
+    assert all(set(ids) <= improvised and ids for ids in data.splits.values())
+    assert data.model_overrides["n_mels"] == 40  # dimension read from the store
+    with pytest.warns(UserWarning, match="no `subset` values"):
+        prepare_fold("ilt", 0, manifest=man.assign(subset=""), folds=cv["folds"], features_dir=cv["features_dir"],
+                     model_params=tiny_config("ilt"), train_cfg=cfg)
