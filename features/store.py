@@ -408,19 +408,17 @@ class FeatureWriter:
             with h5py.File(tmp, "w", locking=False) as out:
                 self.meta.write_attrs(out)
                 g = out.create_group("utts")
-                if self._reused:
-                    with _open_ro(self.path) as old:
-                        for utt_id in sorted(self._reused):
-                            if utt_id in wanted:
-                                old.copy(old["utts"][utt_id], g, name=utt_id)
-                by_shard: dict[Path, list[str]] = {}
+                # Every utterance is copied in utt_id order whatever its source (the previous file or any shard),
+                # so the bytes do not depend on batch completion order, resumes or increments: the same content
+                # always gives the same file (DVC then sees no change).
+                sources: dict[str, Path] = {u: self.path for u in self._reused if u in wanted}
                 for utt_id, (shard, _) in self._in_parts.items():
-                    if utt_id in wanted and utt_id not in self._reused:
-                        by_shard.setdefault(shard, []).append(utt_id)
-                for shard, utts in sorted(by_shard.items()):
-                    with _open_ro(shard) as f:
-                        for utt_id in sorted(utts):
-                            f.copy(f["utts"][utt_id], g, name=utt_id)
+                    if utt_id in wanted and utt_id not in sources:
+                        sources[utt_id] = shard
+                with _HandleCache() as handles:
+                    for utt_id in sorted(sources):
+                        src = handles.get(sources[utt_id])
+                        src.copy(src["utts"][utt_id], g, name=utt_id)
                 out.attrs["n_utts"] = len(g)
             _fsync(tmp)
             os.replace(tmp, self.path)
@@ -434,6 +432,32 @@ class FeatureWriter:
     def _file_is_exact(self, wanted: dict[str, str]) -> bool:
         with _open_ro(self.path) as f:
             return len(f["utts"]) == len(wanted)
+
+
+class _HandleCache:
+    """Read-only HDF5 handles by path, at most ``size`` open at once (a commit may merge thousands of shards)."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._open: dict[Path, h5py.File] = {}
+
+    def get(self, path: Path) -> h5py.File:
+        f = self._open.pop(path, None)
+        if f is None:
+            f = _open_ro(path)
+            if len(self._open) >= self.size:
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).close()
+        self._open[path] = f  # re-inserted: most recently used last
+        return f
+
+    def __enter__(self) -> _HandleCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
 
 
 def _fsync(path: Path) -> None:

@@ -64,7 +64,8 @@ def corpus(tmp_path_factory):
                      progress=False)
     with FeatureReader(ref) as r:
         reference = {u: r[u] for u in r.keys()}
-    return {"root": root, "full": root / "full.parquet", "old": root / "old.parquet", "reference": reference}
+    return {"root": root, "full": root / "full.parquet", "old": root / "old.parquet", "reference": reference,
+            "reference_sha": sha256_file(ref)}
 
 
 def _start(corpus, out: Path, mode: str, arg: int, count: Path) -> subprocess.Popen:
@@ -103,6 +104,8 @@ def _check_resume(corpus, out: Path, old_sha: str, count: Path) -> None:
         assert sorted(r.keys()) == sorted(corpus["reference"])
         for u, ref in corpus["reference"].items():
             np.testing.assert_array_equal(r[u], ref, err_msg=u)
+    # killed + resumed + incremental gives the very bytes of one uninterrupted extraction
+    assert sha256_file(out) == corpus["reference_sha"]
     leftovers = sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
     assert leftovers == [], f"left behind: {leftovers}"
 
@@ -183,6 +186,7 @@ def test_a_killed_first_extraction_leaves_no_final_file_and_resumes(corpus, tmp_
                            batch_size=BATCH, progress=False)
     assert (res.reused, res.resumed, res.computed, type(ex).calls) == (0, 6, 6, 6)
     assert verify(out, source_checksums(get_extractor("logmel40"), read_manifest(corpus["full"]))) == []
+    assert sha256_file(out) == corpus["reference_sha"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["logmel40.h5"]
 
 
