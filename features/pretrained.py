@@ -712,7 +712,8 @@ class OpenL3Features(Extractor):
 
                     url = get_model_path(c.input_repr, c.content_type, c.embedding_size)
                     try:
-                        sd = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+                        sd = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
+                                                                weights_only=True)  # no arbitrary unpickling
                     except Exception as e:
                         raise ModelNotAvailableError(
                             f"cannot download openl3 weights from {url} ({type(e).__name__}: {e}); offline, set "
