@@ -578,6 +578,15 @@ def run_cross_validation(
     (``task_runner``, ``max_workers``, ``dask_address``, ``storage_dir``, ``runs_dir``, ``refresh_cache``);
     explicit arguments win. Outputs go to ``<results_dir>/<model>/``. Returns the metrics dict.
     """
+    # Fail fast, before Prefect starts a (temporary) server: a typo then costs one line, not 20 s and a traceback.
+    from models import get_model_info
+
+    info = get_model_info(model)  # ValueError naming the known models
+    plan_file = Path(folds_dir) / f"{plan or info.fold_plan}.parquet"
+    for path, fix in ((Path(manifest_path), "build it (`dvc repro manifest`)"),
+                      (plan_file, f"make it (`dvc repro folds@{plan or info.fold_plan}`)")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; {fix} or check --manifest/--folds-dir")
     model_params, train_params, whole = split_params(params, model)
     flow_keys = ("task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir", "refresh_cache")
     flow_cfg = {k: train_params.pop(k) for k in flow_keys if k in train_params}

@@ -546,6 +546,24 @@ def test_unknown_model_name_lists_the_known_ones():
     assert "ilt" in list_models()
 
 
+@pytest.mark.parametrize("case", ["unknown_model", "missing_fold_plan"])
+def test_train_stage_fails_fast_with_one_line_before_starting_prefect(case, good_store, tmp_path):
+    """No temporary Prefect server (~20 s) and no flow-run traceback for a typo or a missing input."""
+    import time
+
+    model = "ilt2" if case == "unknown_model" else "ilt"
+    (tmp_path / "folds").mkdir()
+    t0 = time.perf_counter()
+    code, _, err, exc = run_cli(["stage", "train", "--model", model, "--manifest", good_store["manifest"],
+                                 "--folds-dir", tmp_path / "folds", "--features-dir", good_store["h5"].parent,
+                                 "--out", tmp_path / "results", "--params", good_store["params"]])
+    needles = (["unknown model 'ilt2'", "known models", "ilt"] if case == "unknown_model"
+               else ["random_55_25_20.parquet: not found", "dvc repro folds@random_55_25_20"])
+    assert_one_line_error(code, err, exc, *needles)
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("case", ["bad_yaml", "unknown_feature_key"])
 def test_real_cli_subprocess_exit_2_one_line_no_traceback(case, good_store, store_copy, tmp_path):
     """The installed entry point, as a user runs it (fresh interpreter, real stderr)."""
