@@ -124,6 +124,8 @@ def train(
     from pipeline.flows import run_cross_validation
 
     params = load_params(params_path)
+    # train.models is the DVC foreach list, not a training setting
+    params["train"] = {k: v for k, v in (params.get("train") or {}).items() if k != "models"}
     return run_cross_validation(
         model,
         params=params,
