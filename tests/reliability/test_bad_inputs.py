@@ -551,6 +551,10 @@ def test_train_stage_fails_fast_with_one_line_before_starting_prefect(case, good
     """No temporary Prefect server (~20 s) and no flow-run traceback for a typo or a missing input."""
     import time
 
+    # import prefect (via the flows module) outside the CLI runner: Prefect's log handler keeps the stderr it
+    # first sees, and the runner closes its captured stderr afterwards (later flow tests would log to it)
+    import pipeline.flows  # noqa: F401
+
     model = "ilt2" if case == "unknown_model" else "ilt"
     (tmp_path / "folds").mkdir()
     t0 = time.perf_counter()
