@@ -1,0 +1,58 @@
+"""params.yaml (demo) and params.iemocap.yaml (the papers' settings) are complete and valid, and dvc.yaml agrees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import models
+from features import extractor_class, list_extractors
+from pipeline.params import ParamsError, expect, load_params, section
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAM_FILES = ["params.yaml", "params.iemocap.yaml"]
+
+
+@pytest.mark.parametrize("fname", PARAM_FILES)
+def test_every_feature_and_model_section_is_a_valid_config(fname):
+    p = load_params(ROOT / fname)
+    assert set(p["features"]) == set(list_extractors())
+    for name, cfg in p["features"].items():
+        extractor_class(name).Config.from_dict(cfg, name=name)  # unknown keys / wrong shapes raise
+    assert set(p["models"]) == set(models.list_models())
+    for name, cfg in p["models"].items():
+        models.make_config(name, **cfg)
+    assert set(p["train"]["models"]) <= set(models.list_models())
+    assert set(p["extract"]["features"]) <= set(list_extractors())
+    assert p["folds"]["plans"] == ["loso", "session_3_1_1", "random_55_25_20", "random_811_10fold",
+                                   "random_80_20_seeds"]
+
+
+def test_iemocap_params_carry_the_papers_model_sizes():
+    p = load_params(ROOT / "params.iemocap.yaml")
+    for name in models.list_models():
+        assert p["models"][name] == models.default_config(name), name
+    assert p["dataset"]["name"] == "iemocap"
+    assert p["features"]["wav2vec2"]["model"] == "facebook/wav2vec2-base"
+
+
+def test_report_depends_on_every_trained_model():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    deps = [d for d in dvc["stages"]["report"]["deps"] if d.endswith("metrics.json")]
+    trained = load_params(ROOT / "params.yaml")["train"]["models"]
+    assert sorted(deps) == sorted(f"results/{m}/metrics.json" for m in trained)
+
+
+def test_params_errors_name_the_key(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("dataset: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="'dataset.root' not found"):
+        section({"dataset": {"name": "demo"}}, "dataset.root")
+    with pytest.raises(ParamsError, match="extract.jobs must be int"):
+        expect("two", int, "extract.jobs")
+    with pytest.raises(ParamsError, match="must be int"):
+        expect(True, int, "extract.jobs")  # YAML's `yes` is not a number
