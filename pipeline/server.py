@@ -317,14 +317,26 @@ def cli_server(
         raise typer.Exit(2) from None
     typer.echo(f"Prefect UI:  {srv.ui_url}   (log: {srv.log_path})")
     typer.echo(f"send runs here:  export PREFECT_API_URL={public_api_url or srv.api_url}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"WARNING: bound to {host}: anyone who reaches this port can use the API (no authentication "
+                    "unless PREFECT_SERVER_API_AUTH_STRING is set)", fg="yellow", err=True)
+    def _terminate(signum, frame):  # `kill`, systemd, docker stop: stop the server group too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+        signal.signal(signal.SIGINT, _terminate)
+    interrupted = False
     try:
         while srv.process.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
         srv.stop()
-    raise typer.Exit(srv.process.returncode or 0)
+    if not interrupted and srv.process.returncode:
+        typer.secho(f"prefect server exited with code {srv.process.returncode}; see {srv.log_path}", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 def cli_serve(
