@@ -203,8 +203,13 @@ def models_ls(as_json: bool = typer.Option(False, "--json")):
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
+    typer.echo(f"{'model':<24} {'params':>10}  {'fold plan':<20} {'paper WA/UA':<13} inputs (batch key: feature)")
     for r in rows:
-        typer.echo(f"{r['name']:<24} {r['params'] / 1e6:8.2f} M params  inputs {r['inputs']}")
+        wa = "–" if r.get("wa") is None else f"{r['wa']:.2f}"
+        ua = "–" if r.get("ua") is None else f"{r['ua']:.2f}"
+        typer.echo(f"{r['name']:<24} {r['params'] / 1e6:8.2f} M  {r.get('fold_plan', ''):<20} {wa + '/' + ua:<13} "
+                   f"{r['inputs']}")
+    typer.echo("(parameter counts at the papers' sizes: models.<name> in params.yaml may make them smaller)")
 
 
 def main() -> None:  # pragma: no cover
