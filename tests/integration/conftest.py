@@ -71,6 +71,8 @@ def tiny_params() -> dict:
                                               for k, v in tiny_config(MODEL).items()}
     params["train"] = {**(params.get("train") or {}), **TINY_TRAIN,
                        "storage_dir": ".emoflow/prefect", "runs_dir": "runs"}
+    if "models" in params["train"]:  # the train stage's foreach list
+        params["train"]["models"] = [MODEL]
     return params
 
 

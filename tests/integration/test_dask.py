@@ -18,7 +18,8 @@ def _cv(it, proj, tmp, **train):
     from pipeline.params import load_params
 
     params = load_params(proj / "params.yaml")
-    params["train"] = {**params["train"], **train}
+    # as the train stage does: train.models is DVC's foreach list, not a training setting
+    params["train"] = {**{k: v for k, v in params["train"].items() if k != "models"}, **train}
     return run_cross_validation(
         it.MODEL, manifest_path=proj / "data/manifest.parquet", folds_dir=proj / "data/folds",
         features_dir=proj / "data/features", results_dir=tmp / "results", params=params,
