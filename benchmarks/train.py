@@ -7,14 +7,17 @@
   ``models.example_batch``) at the lengths an average IEMOCAP utterance (~4.5 s, ~12 words) gives with the
   project's features: logmel40 pad/cut to 750 frames (paper A), wav2vec2 225 frames (20 ms), RoBERTa 20 tokens
   (paper B caps), fbank128 375 frames (12 ms hop), 12 words × 6 phonemes and GloVe rows, lld17 900 frames (5 ms),
-  mfcc13 one 2 s window (63 frames). Every item but the first is 20 % shorter, so masks and padding are exercised.
+  mfcc13 one 2 s window (63 frames). Item 0 has the full length, the others a seeded random 35–100 % of it, so
+  masks and padding cost what they cost on real, mixed-length batches (for some models far more than a batch of
+  equal lengths: tiny ILT trains ~6× faster on unpadded batches than on mixed ones).
 * Models: paper-size defaults (``--tiny``: the tiny presets, for smoke runs), the paper's batch size from the
   model's train settings (``--batch-size`` overrides) and its optimiser (pipeline.train.build_optimizer).
 * Timing: one step = forward, cross-entropy, backward, optimiser step. ``--warmup`` steps are excluded (first-call
   allocation, oneDNN kernel selection); then ``--repeats`` steps are timed and the **median** step gives
   ``samples_per_s = batch / median``. ``--threads`` sets ``torch.set_num_threads`` (default 1: comparable across
   machines and fair on a shared box). The machine's load average is recorded at start and end: on a shared
-  machine compare only runs at similar load.
+  machine compare only runs at similar load. ``--deterministic`` times with deterministic kernels, as training
+  runs by default (``train.deterministic``); the difference is the price of bit-exact reproducibility.
 """
 
 from __future__ import annotations
@@ -90,8 +93,10 @@ def realistic_batch(name: str, batch_size: int, overrides: dict[str, Any], seed:
             full = ref[key].shape[1]  # a fixed-size window (paper E)
         lengths = lengths_by_mask.get(spec.mask_key or key)
         if lengths is None:
-            lengths = torch.full((batch_size,), full, dtype=torch.long)
-            lengths[1:] = max(int(full * 0.8), 1)
+            # real batches mix lengths (IEMOCAP turns run ~1–15 s): item 0 full, the rest 35–100 % of it
+            frac = 0.35 + 0.65 * torch.rand(batch_size, generator=gen)
+            lengths = (frac * full).long().clamp(min=1)
+            lengths[0] = full
             lengths_by_mask[spec.mask_key or key] = lengths
         T = int(lengths.max())
         mask = torch.arange(T)[None, :] >= lengths[:, None]
@@ -159,12 +164,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="torch.use_deterministic_algorithms(True) as training does by default (slower on CPU)")
     ap.add_argument("--out", default="benchmarks/results/train.json")
     args = ap.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     from models import list_models
 
     info = machine_info()
@@ -187,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "train_step_throughput_cpu",
         "machine": info,
         "settings": {"threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-                     "batch_size": args.batch_size, "tiny": args.tiny, "lengths": LENGTHS},
+                     "batch_size": args.batch_size, "tiny": args.tiny, "deterministic": args.deterministic,
+                     "lengths": LENGTHS},
         "models": results,
     }
     if args.out:
