@@ -320,13 +320,18 @@ def summarise(model: str, fold_results: list[dict[str, Any]]) -> tuple[dict[str,
 
 
 def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFrame) -> dict[str, Path]:
-    """``metrics.json``, ``confusion.csv`` (actual,predicted rows for ``dvc plots``), ``confusion.png`` and
-    ``predictions.parquet`` under ``out_dir``."""
+    """``metrics.json`` (scores, paper numbers, corpus, features), ``run.json`` (flow run, git revision, parameters,
+    resolved train/model configs, code hash), ``confusion.csv`` (actual,predicted rows for ``dvc plots``),
+    ``confusion.png`` and ``predictions.parquet`` under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("metrics.json", "confusion.csv", "confusion.png", "predictions.parquet")}
-    public = {k: v for k, v in metrics.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")}
+    names = ("metrics.json", "run.json", "confusion.csv", "confusion.png", "predictions.parquet")
+    paths = {name: out / name for name in names}
+    public = {k: v for k, v in metrics.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")
+              and k not in RUN_KEYS}
     _write_json(paths["metrics.json"], public)
+    # provenance (flow run, git revision, parameters, resolved configs) beside, not inside, the DVC metrics file
+    _write_json(out / "run.json", run_record(metrics))
     preds[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"}).to_csv(
         paths["confusion.csv"], index=False
     )
@@ -334,6 +339,14 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFr
     plot_confusion(metrics["pooled_confusion"], metrics["labels"], paths["confusion.png"],
                    title=f"{metrics.get('model', '')} — pooled test predictions ({metrics.get('corpus', '')})")
     return paths
+
+
+#: keys of the flow's result that describe the run rather than score it (go to run.json)
+RUN_KEYS = ("run", "train", "model_params", "code_version")
+
+
+def run_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {**(metrics.get("run") or {}), **{k: metrics.get(k) for k in RUN_KEYS if k != "run"}}
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], path: str | Path, title: str = "") -> None:
@@ -541,7 +554,6 @@ def cross_validate(
         stamp = t0.strftime("%Y%m%dT%H%M%SZ")
         rdir = Path(runs_dir) / model / f"{stamp}-{(run_id or 'local')[:8]}"
         write_results(rdir, out, preds)
-        _write_json(rdir / "run.json", out["run"])
     publish_artifacts(model, out)
     logger.info(
         f"{model}: WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "

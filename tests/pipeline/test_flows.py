@@ -135,6 +135,9 @@ def test_cross_validate_flow_end_to_end_with_resume(prefect_harness, synthetic_c
     assert len(records) == 3
     rec = json.loads(records[-1].read_text())
     assert "revision" in rec["git"] and rec["parameters"]["model"] == "ilt"
+    assert rec["train"]["epochs"] == 2 and rec["model_params"]["n_mels"] == 40  # resolved configs
+    assert "run" not in metrics and "train" not in metrics  # metrics.json holds scores, not provenance
+    assert json.loads((out / "run.json").read_text())["flow_run_id"] == third["run"]["flow_run_id"]
 
 
 # ----------------------------------------------------------------------------------------------- real server
