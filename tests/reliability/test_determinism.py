@@ -60,7 +60,7 @@ def test_two_extractions_are_bit_identical(name, corpus, tiny_models, tmp_path):
     assert sha256_file(paths[0]) == sha256_file(paths[1])
 
 
-@pytest.mark.parametrize("name", ["logmel40", "lld17"])
+@pytest.mark.parametrize("name", ["lld17"])  # one set: each pool start costs seconds on a shared 2-core box
 def test_worker_pool_gives_the_same_arrays_as_one_process(name, corpus, tmp_path):
     root, manifest = corpus
     one = extract_features(get_extractor(name), manifest, tmp_path / "one.h5", audio_root=root, jobs=1,

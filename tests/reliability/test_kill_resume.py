@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from _rel import ROOT, counting_logmel, manifest_rows, sha256_file, tone, write_wav
+from _rel import ROOT, counting_logmel, manifest_rows, run_cli, sha256_file, tone, write_wav
 
 from features import get_extractor
 from features.store import FeatureReader, verify
@@ -131,7 +131,6 @@ def _wait_killed(proc: subprocess.Popen, timeout: float = 90) -> None:
 _RNG = random.Random(8)
 KILL_POINTS = [
     ("mid_batch", _RNG.randint(1, N_UTTS - N_OLD)),
-    ("mid_batch", _RNG.randint(1, N_UTTS - N_OLD)),
     ("shard_rename", _RNG.randint(1, (N_UTTS - N_OLD) // BATCH)),
     ("final_rename", 1),
 ]
@@ -181,6 +180,8 @@ def test_a_killed_first_extraction_leaves_no_final_file_and_resumes(corpus, tmp_
     out.parent.mkdir()
     _wait_killed(_start(corpus, out, "mid_batch", 7, tmp_path / "calls.txt"))
     assert not out.exists()
+    code, _, err, _ = run_cli(["features", "verify", out, "--manifest", corpus["full"]])
+    assert code == 2 and "feature file not found" in err  # what `emoflow features verify` tells the user
     ex = counting_logmel()
     res = extract_features(ex, read_manifest(corpus["full"]), out, audio_root=corpus["root"], jobs=1,
                            batch_size=BATCH, progress=False)
@@ -188,6 +189,8 @@ def test_a_killed_first_extraction_leaves_no_final_file_and_resumes(corpus, tmp_
     assert verify(out, source_checksums(get_extractor("logmel40"), read_manifest(corpus["full"]))) == []
     assert sha256_file(out) == corpus["reference_sha"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["logmel40.h5"]
+    code, stdout, _, _ = run_cli(["features", "verify", out, "--manifest", corpus["full"]])
+    assert code == 0 and "OK (matches" in stdout
 
 
 # =================================================================================================================
