@@ -121,6 +121,8 @@ def split_params(params: Mapping[str, Any] | None, model: str) -> tuple[dict[str
     else:
         model_sec = dict(params.get("model") or {})
     train = dict(params.get("train") or {})
+    if isinstance(train.get("models"), list):
+        train.pop("models")  # params.yaml's train.models is the DVC foreach list of models, not a setting
     per_model = model_sec.pop("train", None) or {}
     train.update({k: v for k, v in per_model.items() if v is not None})
     return model_sec, train, params
