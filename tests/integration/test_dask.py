@@ -45,8 +45,9 @@ def test_dask_cluster_trains_folds_on_both_workers_with_identical_results(it, dv
 
     assert len(executed) == 2 and all(n >= 1 for n in executed.values()), executed  # both workers trained folds
     assert sum(executed.values()) >= 5
-    assert dask["run"]["parameters"]["task_runner"] == "dask"
-    assert dask["run"]["cached_folds"] == []
+    record = json.loads((tmp_path / "dask/results" / it.MODEL / "run.json").read_text())  # the run's provenance
+    assert record["parameters"]["task_runner"] == "dask"
+    assert record["cached_folds"] == []
     assert dask["n_folds"] == local["n_folds"] == 5
     for k in map(str, range(5)):
         for key in ("wa", "ua", "macro_f1", "best_epoch"):
@@ -55,7 +56,7 @@ def test_dask_cluster_trains_folds_on_both_workers_with_identical_results(it, dv
 
     # the server saw one completed task run per fold in the Dask flow run
     req = urllib.request.Request(prefect_server.api_url + "/task_runs/filter", method="POST",
-                                 data=json.dumps({"flow_runs": {"id": {"any_": [dask["run"]["flow_run_id"]]}}}).encode(),
+                                 data=json.dumps({"flow_runs": {"id": {"any_": [record["flow_run_id"]]}}}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - local test server
         tasks = json.loads(r.read())

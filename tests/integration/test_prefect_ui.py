@@ -55,8 +55,9 @@ def teammate_run(it, pushed_project, prefect_server, tmp_path_factory):
     out = it.sh(clone, "dvc", "repro", "--allow-missing", f"train@{it.MODEL}", timeout=600,
                 PREFECT_API_URL=prefect_server.api_url, PREFECT_HOME=str(base / "prefect-home"))
     metrics = json.loads((clone / f"results/{it.MODEL}/metrics.json").read_text())
-    return {"clone": clone, "targets": targets, "out": out, "metrics": metrics, "h5_unchanged":
-            h5.stat().st_mtime_ns == before, "run_id": metrics["run"]["flow_run_id"], "base": base}
+    record = json.loads((clone / f"results/{it.MODEL}/run.json").read_text())  # the flow run's provenance
+    return {"clone": clone, "targets": targets, "out": out, "metrics": metrics, "record": record,
+            "h5_unchanged": h5.stat().st_mtime_ns == before, "run_id": record["flow_run_id"], "base": base}
 
 
 def test_teammate_reproduces_results_from_pulled_features(it, teammate_run, prefect_server):
@@ -68,7 +69,7 @@ def test_teammate_reproduces_results_from_pulled_features(it, teammate_run, pref
     assert rm.status([f"train@{it.MODEL}"], repo=run["clone"]) == {}  # dvc.lock now records the teammate's run
     m = run["metrics"]
     assert m["model"] == it.MODEL and m["n_folds"] == 5 and 0 <= m["wa"]["mean"] <= 100
-    assert m["run"]["prefect_api_url"] == prefect_server.api_url
+    assert run["record"]["prefect_api_url"] == prefect_server.api_url
 
     # results/report.md from the teammate's results (what the report stage runs)
     it.sh(run["clone"], "emoflow", "stage", "report", "--results", "results", "--out", "results/report.md")
@@ -112,7 +113,7 @@ def test_prefect_ui_shows_run_fold_tasks_and_metrics_artifact(it, teammate_run, 
     from selenium.webdriver.support.ui import WebDriverWait
 
     m = teammate_run["metrics"]
-    run_name = m["run"]["flow_run_name"]
+    run_name = teammate_run["record"]["flow_run_name"]
     folds = [f"{it.MODEL}-fold{k}" for k in range(5)]
     driver = _browser(tmp_path)
     wait = WebDriverWait(driver, 60)
