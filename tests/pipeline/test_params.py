@@ -23,7 +23,15 @@ def test_every_feature_and_model_section_is_a_valid_config(fname):
         extractor_class(name).Config.from_dict(cfg, name=name)  # unknown keys / wrong shapes raise
     assert set(p["models"]) == set(models.list_models())
     for name, cfg in p["models"].items():
-        models.make_config(name, **cfg)
+        arch = {k: v for k, v in cfg.items() if k not in ("train", "fold_plan")}  # per-model train overrides
+        models.make_config(name, **arch)
+        if "train" in cfg:
+            from pipeline.train import resolve_train_config
+
+            flow_keys = ("models", "task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir",
+                         "refresh_cache")  # read by the flow, not the loop
+            loop = {k: v for k, v in p["train"].items() if k not in flow_keys}
+            resolve_train_config(models.get_model_info(name).train, loop, cfg["train"])
     assert set(p["train"]["models"]) <= set(models.list_models())
     assert set(p["extract"]["features"]) <= set(list_extractors())
     assert p["folds"]["plans"] == ["loso", "session_3_1_1", "random_55_25_20", "random_811_10fold",
