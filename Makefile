@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+.PHONY: venv
+
 demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) $(BIN)/emoflow demo
 
