@@ -28,8 +28,11 @@ test: $(STAMP)
 	bash tests/setup_system.sh
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 
+# Throughput benchmarks (JSON in benchmarks/results/, with machine info). The encoder rows need the demo models:
+# run `make demo` (or `dvc repro demo_data`) first, else they are reported as failed with the reason.
 bench: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.extract
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.extract --offline --params params.yaml
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.train
 
 lint: $(STAMP)
 	$(BIN)/ruff check features models pipeline tests benchmarks
