@@ -90,7 +90,7 @@ sys.path[:0] = [{root!r}, {here!r}]
 import _rel
 from pipeline.extract import extract_features
 from pipeline.manifest import read_manifest
-ex = _rel.counting_logmel({count!r}, sleep=0.15)
+ex = _rel.counting_logmel({count!r}, sleep=0.4)  # a 3 s window for the checks, even on a loaded box
 r = extract_features(ex, read_manifest({manifest!r}), {out!r}, audio_root={audio!r}, jobs=1, batch_size=2,
                      progress=False)
 print("computed", r.computed)

@@ -41,7 +41,7 @@ if mode == "shard_rename":
 elif mode == "final_rename":
     _rel.kill_on_replace("/logmel40.h5", nth=1)
 ex = _rel.counting_logmel({count!r}, kill_at=arg if mode == "mid_batch" else 0,
-                          sleep=0.04 if mode == "external" else 0.0)
+                          sleep=0.08 if mode == "external" else 0.0)
 extract_features(ex, read_manifest({manifest!r}), {out!r}, audio_root={audio!r}, jobs=1, batch_size={batch},
                  progress=False)
 print("FINISHED")
@@ -165,7 +165,7 @@ def test_external_sigkill_at_a_seeded_random_time_then_rerun_resumes(corpus, tmp
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.time() < deadline, "no shard within 60 s"
             time.sleep(0.01)
-        time.sleep(random.Random(1).uniform(0.0, 0.1))  # 8 new utterances × 40 ms: lands inside the run
+        time.sleep(random.Random(1).uniform(0.0, 0.2))  # 6 more utterances × 80 ms: lands inside the run
         assert proc.poll() is None, "the extraction finished before the kill; the test proves nothing"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
