@@ -149,6 +149,10 @@ def test_servers_bind_to_localhost_unless_told_otherwise(monkeypatch):
     assert inspect.signature(server.server_env).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(server.api_url).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(server.cli_server).parameters["host"].default == "127.0.0.1"
+    from _rel import run_cli
+
+    code, out, _, _ = run_cli(["server", "--help"])  # the command a user runs (mounted on the emoflow CLI)
+    assert code == 0 and "127.0.0.1" in out
     env = server.server_env()
     assert env["PREFECT_SERVER_API_HOST"] == "127.0.0.1" and "127.0.0.1" in env["PREFECT_API_URL"]
     # no emoflow source binds all interfaces by default
