@@ -53,10 +53,39 @@ class ExtractorConfig:
                 f"(fix params.yaml: features.{name})"
             )
         for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
             # YAML gives lists where a dataclass default is a tuple; keep the declared type so hashes are stable.
-            if f.name in values and isinstance(values[f.name], list) and isinstance(f.default, tuple):
+            if isinstance(values[f.name], list) and isinstance(f.default, tuple):
                 values[f.name] = tuple(values[f.name])
+            _check_type(name, f, values[f.name])
         return cls(**values)
+
+
+def _check_type(name: str, f: dataclasses.Field, value: Any) -> None:
+    """Refuse a value whose type cannot be what the field's default is (``center: "yes"``, ``n_mels: forty``)."""
+    default = f.default
+    if default is dataclasses.MISSING or default is None:
+        return
+    if value is None:
+        if "None" in str(f.type):
+            return
+        ok = False
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str) or ("int" in str(f.type) and isinstance(value, int))
+    else:
+        return
+    if not ok:
+        raise ValueError(
+            f"features.{name}.{f.name}: expected {type(default).__name__} like the default {default!r}, got "
+            f"{value!r} ({type(value).__name__}); fix params.yaml"
+        )
 
 
 #: Mark a config field that changes how, not what, is computed (device, batch size): it is recorded in the

@@ -301,6 +301,9 @@ def _loader(ds: FeatureDataset, data: FoldData, cfg: Mapping[str, Any], *, shuff
         generator=gen,
         drop_last=False,
         persistent_workers=False,
+        # Forked workers of a process that runs Prefect (its background services) die at exit with code 1;
+        # forkserver workers start clean. The dataset and collate are picklable (readers reopen per process).
+        multiprocessing_context="forkserver" if nw > 0 else None,
     )
 
 

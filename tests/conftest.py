@@ -35,8 +35,19 @@ def prefect_harness():
     """
     from prefect.testing.utilities import prefect_test_harness
 
+    reset_prefect_events()
     with prefect_test_harness(server_startup_timeout=120):
         yield
+    reset_prefect_events()
+
+
+def reset_prefect_events() -> None:
+    """Prefect keeps one process-wide events worker per client *type*, not per API URL: after a test ran flows
+    against another server (``temporary_settings(PREFECT_API_URL=...)``), task-run events would keep going
+    there. Drain it so the next flow's events reach the server it talks to."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
 
 
 # --- a tiny synthetic corpus already "extracted": manifest + fold plan + feature store ---------------------

@@ -195,3 +195,21 @@ def test_runtime_only_fields_do_not_change_the_content_key():
     b = get_extractor("wav2vec2", model="data/models/tiny-wav2vec2", device="cuda", batch_size=64)
     c = get_extractor("wav2vec2", model="data/models/tiny-wav2vec2", dtype="float16")
     assert a.config_hash == b.config_hash != c.config_hash
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("center", "yes"), ("n_mels", "forty"), ("n_mels", 40.5), ("fmin", True), ("window", 3), ("hop_length", None)],
+)
+def test_config_values_of_the_wrong_type_are_refused(key, value):
+    from features import get_extractor
+
+    with pytest.raises(ValueError, match=rf"features\.logmel40\.{key}: expected"):
+        get_extractor("logmel40", **{key: value})
+
+
+def test_config_values_of_the_right_type_are_taken():
+    from features import get_extractor
+
+    ex = get_extractor("logmel40", fmin=20, fmax=None, top_db=None, n_mels=64)
+    assert (ex.config.fmin, ex.config.n_mels, ex.config.top_db) == (20, 64, None)

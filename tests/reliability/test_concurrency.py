@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from _rel import ROOT, assert_one_line_error, manifest_rows, run_cli, sha256_file, tone, write_wav
 
 from features import get_extractor
@@ -27,16 +26,43 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
 
 
-class _Utts(torch.utils.data.Dataset):
-    def __init__(self, reader: FeatureReader, keys: list[str]):
+# The DataLoader part runs in a clean interpreter: in a process where Prefect's background services run (as in
+# this test session), forked workers die at exit (exit code 1) — which is why training uses forkserver workers.
+_LOADER_SCRIPT = """
+import sys, os, hashlib, json
+sys.path[:0] = [{root!r}]
+import numpy as np, torch
+from features.store import FeatureReader
+
+def digest(a):
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
+
+class Utts(torch.utils.data.Dataset):
+    def __init__(self, reader, keys):
         self.reader, self.keys = reader, keys
-
-    def __len__(self) -> int:
+    def __len__(self):
         return len(self.keys)
+    def __getitem__(self, i):
+        return self.keys[i], digest(self.reader[self.keys[i]]), os.getpid()
 
-    def __getitem__(self, i: int):
-        a = self.reader[self.keys[i]]
-        return self.keys[i], _digest(a), os.getpid()
+def collate(b):
+    return b
+
+if __name__ == "__main__":
+    reader = FeatureReader({path!r})
+    keys = sorted(reader.keys())
+    first = {{k: digest(reader[k]) for k in keys}}  # the parent's handle is open before the workers fork
+    seen, pids = {{}}, set()
+    for _ in range(3):
+        loader = torch.utils.data.DataLoader(Utts(reader, keys * 4), batch_size=2, num_workers=2,
+                                             multiprocessing_context="fork", collate_fn=collate)
+        for batch in loader:
+            for k, d, pid in batch:
+                assert seen.setdefault(k, d) == d
+                pids.add(pid)
+    after = reader[keys[0]].shape[1]  # the parent's handle still works after the workers
+    print(json.dumps({{"first": first, "seen": seen, "pids": sorted(pids), "me": os.getpid(), "dim": after}}))
+"""
 
 
 _READER_SCRIPT = """
@@ -58,29 +84,22 @@ def test_dataloader_workers_and_another_process_read_one_file(good_store):
     import json
 
     path = good_store["h5"]
-    reader = FeatureReader(path)
-    keys = sorted(reader.keys())
-    expected = {k: _digest(reader[k]) for k in keys}  # the parent's handle is open before the workers fork
-    proc = subprocess.Popen([sys.executable, "-c", _READER_SCRIPT.format(root=str(ROOT), path=str(path))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    expected = {k: _digest(v) for k, v in ((k, FeatureReader(path)[k]) for k in FeatureReader(path).keys())}
+    other = subprocess.Popen([sys.executable, "-c", _READER_SCRIPT.format(root=str(ROOT), path=str(path))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    loader = subprocess.run([sys.executable, "-c", _LOADER_SCRIPT.format(root=str(ROOT), path=str(path))],
+                            capture_output=True, text=True, timeout=300)
     try:
-        seen, pids = {}, set()
-        for _ in range(3):
-            loader = torch.utils.data.DataLoader(_Utts(reader, keys * 4), batch_size=2, num_workers=2,
-                                                 multiprocessing_context="fork", collate_fn=lambda b: b)
-            for batch in loader:
-                for k, d, pid in batch:
-                    assert seen.setdefault(k, d) == d
-                    pids.add(pid)
-        out, err = proc.communicate(timeout=60)
+        out, err = other.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-2000:]
-    assert seen == expected and json.loads(out) == expected
-    assert len(pids) >= 2 and os.getpid() not in pids  # really read in worker processes, each its own handle
-    assert reader[keys[0]].shape[1] == 40  # the parent's handle still works after the workers
-    reader.close()
+        if other.poll() is None:
+            other.kill()
+    assert loader.returncode == 0, loader.stderr[-2000:]
+    assert other.returncode == 0, err[-2000:]
+    got = json.loads(loader.stdout)
+    assert got["first"] == expected and got["seen"] == expected and json.loads(out) == expected
+    assert len(got["pids"]) >= 2 and got["me"] not in got["pids"]  # read in worker processes, each its own handle
+    assert got["dim"] == 40
     assert sha256_file(path) == good_store["sha"]  # readers never modify the file
 
 
