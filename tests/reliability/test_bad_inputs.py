@@ -488,7 +488,7 @@ PARAMS_CASES = [
     ("unknown_feature_key", {"features": {"logmel40": {"n_melz": 40}}},
      ["features.logmel40", "unknown parameter(s) ['n_melz']", "known parameters"]),
     ("feature_value_wrong_type", {"features": {"logmel40": {"n_mels": "forty"}}},
-     ["features.logmel40.n_mels must be a number > 0", "'forty'"]),
+     ["features.logmel40.n_mels: expected int", "'forty'"]),
     ("feature_section_not_a_mapping", {"features": {"logmel40": [40]}}, ["features.logmel40 must be dict"]),
     ("unknown_audio_key", {"extract": {"jobs": 1, "audio": {"sample_rat": 8000}}},
      ["extract.audio: unknown key(s) ['sample_rat']", "fix params.yaml"]),
