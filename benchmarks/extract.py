@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _machine
+
 SR = 16000
 TARGETS: dict[str, float] = {"logmel40": 1000.0, "fbank128": 1000.0, "mfcc13": 1000.0, "lld17": 100.0}
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -118,14 +120,7 @@ def _machine_info() -> dict[str, Any]:
     import numpy as np
     import scipy
 
-    cpu_model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu_model = _machine.cpu_model()
     info = {
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _machine
+
 #: frames/tokens per input feature for an average IEMOCAP utterance (see the module docstring)
 LENGTHS = {
     "logmel40": 750,
@@ -50,14 +52,7 @@ PHONES_PER_WORD = 6
 def machine_info() -> dict[str, Any]:
     import torch
 
-    cpu_model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu_model = _machine.cpu_model()
     info: dict[str, Any] = {
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
