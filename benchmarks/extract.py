@@ -35,7 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _machine
+try:
+    from benchmarks import _machine
+except ImportError:  # run as a file (python benchmarks/x.py) rather than python -m benchmarks.x
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import _machine
 
 SR = 16000
 TARGETS: dict[str, float] = {"logmel40": 1000.0, "fbank128": 1000.0, "mfcc13": 1000.0, "lld17": 100.0}

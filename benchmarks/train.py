@@ -32,7 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _machine
+try:
+    from benchmarks import _machine
+except ImportError:  # run as a file (python benchmarks/x.py) rather than python -m benchmarks.x
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import _machine
 
 #: frames/tokens per input feature for an average IEMOCAP utterance (see the module docstring)
 LENGTHS = {
