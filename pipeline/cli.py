@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -54,7 +53,7 @@ def _run(fn, *args, **kwargs):
 
 # --- stages -------------------------------------------------------------------------------------------------
 @stage_app.command("demo-data")
-def stage_demo_data(out: Path = typer.Option(..., "--out"), models_out: Optional[Path] = typer.Option(None),
+def stage_demo_data(out: Path = typer.Option(..., "--out"), models_out: Path | None = typer.Option(None),
                     params: Path = PARAMS):
     """Generate the synthetic demo corpus (+ tiny random-weight encoders for offline demo features)."""
     _run(stages.demo_data, params, out, models_out)
@@ -75,9 +74,9 @@ def stage_folds(plan: str = typer.Option(..., "--plan"), manifest: Path = typer.
 
 @stage_app.command("extract")
 def stage_extract(feature: str = typer.Option(..., "--feature"), manifest: Path = typer.Option(..., "--manifest"),
-                  out: Path = typer.Option(..., "--out"), jobs: Optional[int] = typer.Option(None, "--jobs",
+                  out: Path = typer.Option(..., "--out"), jobs: int | None = typer.Option(None, "--jobs",
                   help="worker processes (default: params extract.jobs; 0 = all cores)"),
-                  device: Optional[str] = typer.Option(None, "--device", help="auto|cpu|cuda for model-based "
+                  device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda for model-based "
                                                        "features (not part of the cache key)"),
                   progress: bool = typer.Option(True), params: Path = PARAMS):
     """Extract one feature set into data/features/<feature>.h5 (incremental, resumable)."""
@@ -88,7 +87,7 @@ def stage_extract(feature: str = typer.Option(..., "--feature"), manifest: Path 
 def stage_train(model: str = typer.Option(..., "--model"), manifest: Path = typer.Option(..., "--manifest"),
                 folds_dir: Path = typer.Option(..., "--folds-dir"),
                 features_dir: Path = typer.Option(..., "--features-dir"), out: Path = typer.Option(..., "--out"),
-                device: Optional[str] = typer.Option(None, help="auto|cpu|cuda (default: params train.device)"),
+                device: str | None = typer.Option(None, help="auto|cpu|cuda (default: params train.device)"),
                 params: Path = PARAMS):
     """Cross-validate one model on its paper's fold plan (runs the Prefect flow)."""
     kw = {"device": device} if device else {}
@@ -110,7 +109,7 @@ def demo_data(out: Path = typer.Option(Path("data/demo_corpus"), "--out"), param
 
 
 @app.command("demo")
-def demo(stage: Optional[str] = typer.Argument(None, help="a dvc.yaml stage to reproduce (default: all)")):
+def demo(stage: str | None = typer.Argument(None, help="a dvc.yaml stage to reproduce (default: all)")):
     """Run the whole pipeline on the demo corpus: `dvc repro` with analytics off."""
     ensure_dvc()
     cmd = ["dvc", "repro"] + ([stage] if stage else [])

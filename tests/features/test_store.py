@@ -91,7 +91,7 @@ def test_round_trip_and_provenance(corpus):
         r["nope"]
     assert info(res.path)["n_utts"] == 12
     assert not (res.path.parent / "feat.h5.parts").exists()
-    assert verify(res.path, dict(zip(corpus[1].utt_id, corpus[1].audio_sha256))) == []
+    assert verify(res.path, dict(zip(corpus[1].utt_id, corpus[1].audio_sha256, strict=True))) == []
 
 
 def test_incremental_only_changed_utterances(corpus):
@@ -131,7 +131,7 @@ def test_resume_after_crash_keeps_finished_batches(corpus):
     FrameRms.calls = []
     res = run(corpus)
     assert res.resumed == 8 and res.computed == 4 and len(FrameRms.calls) == 4
-    assert verify(res.path, dict(zip(manifest.utt_id, manifest.audio_sha256))) == []
+    assert verify(res.path, dict(zip(manifest.utt_id, manifest.audio_sha256, strict=True))) == []
     assert not (root / "feat.h5.parts").exists()
 
 
@@ -161,7 +161,7 @@ def test_verify_finds_nan_and_stale(corpus):
     res = run(corpus)
     with h5py.File(res.path, "a") as f:
         f["utts/u01"][0, 0] = np.nan
-    expected = dict(zip(manifest.utt_id, manifest.audio_sha256))
+    expected = dict(zip(manifest.utt_id, manifest.audio_sha256, strict=True))
     expected["u02"] = "different"
     expected["u50"] = "new"
     problems = "\n".join(verify(res.path, expected))
