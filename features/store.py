@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -545,11 +544,3 @@ def verify(path: str | Path, expected: dict[str, str] | None = None) -> list[str
         r.close()
     return problems
 
-
-def iter_batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), max(1, size)):
-        yield items[i : i + size]
-
-
-def read_many(reader: FeatureReader, utt_ids: Iterable[str]) -> dict[str, np.ndarray]:
-    return {u: reader[u] for u in utt_ids}

@@ -184,20 +184,10 @@ def _run_pool(extractor, batches, writer, wanted, audio_root, audio, jobs, bar) 
                     pending.add(pool.submit(_worker_compute, nxt))
 
 
-class _NoBar:
-    def update(self, n: int) -> None:  # noqa: D401
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int, name: str, enabled: bool):
-    if not enabled or total == 0:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"extract {name}", unit="utt", dynamic_ncols=True)
+    return tqdm(total=total, desc=f"extract {name}", unit="utt", dynamic_ncols=True, disable=not enabled or total == 0)
 
 
 __all__ = ["extract_features", "ExtractResult", "ExtractionError", "AudioError", "StoreError", "source_checksums"]

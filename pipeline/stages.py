@@ -101,7 +101,11 @@ def extract(
     batch_size = expect(ex_cfg.get("batch_size", 32), int, "extract.batch_size")
     root = section(params, "dataset.root")
     if device is not None:
-        if "device" not in cfg and not hasattr(get_extractor(feature, **cfg).config, "device"):
+        import dataclasses
+
+        from features import extractor_class
+
+        if "device" not in {f.name for f in dataclasses.fields(extractor_class(feature).Config)}:
             raise ParamsError(f"--device: feature {feature!r} has no device setting (it runs on the CPU)")
         cfg = {**cfg, "device": device}
     extractor = get_extractor(feature, **cfg)
