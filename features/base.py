@@ -176,7 +176,8 @@ def _load_builtin() -> None:
     # (a missing extra) are skipped here and explained by get_extractor.
     import importlib
 
-    for mod in ("features.acoustic", "features.text", "features.pretrained"):
+    for mod in ("features.acoustic", "features.functionals", "features.text", "features.pretrained",
+                "features.whisper"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -6,7 +6,7 @@ numbers and its fold plan. See :mod:`models.registry` for the batch conventions.
 """
 
 # importing the paper modules registers their models
-from models import head_fusion, ilt_cat, ks_transformer, multilevel, rlc  # noqa: F401
+from models import baselines, head_fusion, ilt_cat, ks_transformer, multilevel, rlc  # noqa: F401
 from models.presets import tiny_config
 from models.registry import (
     InputSpec,

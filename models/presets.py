@@ -34,6 +34,8 @@ TINY: dict[str, dict[str, Any]] = {
     ),
     "multilevel_transformer": _C,
     "multigranularity": dict(_C, bert_dim=20, bert_proj=8, multilevel_proj=8),
+    "classical": dict(input_dim=6),
+    "probe": dict(input_dim=8, n_layers=2, hidden=8),
     "rlc": dict(
         stem_channels=8, channels=(16, 16), kernels=(5, 3), use_sa=(False, True), strides=(2, 2, 2),
         lstm_hidden=16, dense_units=16,

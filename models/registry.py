@@ -42,7 +42,9 @@ class InputSpec:
     ``feature``: feature-store name (e.g. ``"wav2vec2"``); ``kind``: ``sequence`` (B, T, D) + ``<key>_mask``,
     ``vector`` (B, D), or ``phonemes`` (B, W, P) ids with 0 = pad; ``dim_param``: the config field the training
     code must set to the dimension it finds in the store (for phonemes: the vocabulary size);
-    ``mask_key``: batch key of the padding mask (None when there is none).
+    ``mask_key``: batch key of the padding mask (None when there is none); ``layers_param``: for a model
+    that consumes stacked encoder layers ``(T, L, H)`` itself (the probe), the config field set to ``L`` — the
+    data pipeline then keeps the layer axis instead of reducing it.
     """
 
     feature: str
@@ -50,6 +52,7 @@ class InputSpec:
     dim_param: str
     mask_key: str | None = None
     optional: bool = False
+    layers_param: str | None = None
 
 
 @dataclass(frozen=True)

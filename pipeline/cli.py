@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Before torch/ctranslate2 load: two OpenMP runtimes that spin-wait slow each other 4-8x on a shared CPU
+# (measured with the whisper extractor); passive waiting costs nothing when a process has the cores alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import typer
 
 from pipeline import stages

@@ -54,7 +54,8 @@ class InputView:
 
     ``key``: batch key (e.g. ``"x"``); ``feature``: store name; ``kind``: ``sequence`` | ``vector`` |
     ``phonemes``; ``mask_key``: batch key of the padding mask (None: no mask); ``max_len``: keep the first N
-    steps; ``fixed_len``: cut and pad to exactly N steps; ``layer_reduce``: ``mean`` | ``last`` for 3-D arrays.
+    steps; ``fixed_len``: cut and pad to exactly N steps; ``layer_reduce``: ``mean`` | ``last`` for 3-D arrays, ``none``
+    keeps the layer axis (models that weigh layers themselves declare ``InputSpec.layers_param``).
     """
 
     key: str
@@ -103,7 +104,7 @@ def make_views(specs: Mapping[str, Any], train_cfg: Mapping[str, Any]) -> dict[s
             mask_key=spec.mask_key,
             max_len=max_len.get(key),
             fixed_len=fl,
-            layer_reduce=str(train_cfg.get("layer_reduce", "mean")),
+            layer_reduce="none" if getattr(spec, "layers_param", None) else str(train_cfg.get("layer_reduce", "mean")),
         )
     return views
 
@@ -122,8 +123,8 @@ def open_readers(features_dir: str | Path, features: Iterable[str]) -> dict[str,
 
 
 def reduce_layers(a: np.ndarray, how: str = "mean") -> np.ndarray:
-    """``(T, L, H)`` → ``(T, H)`` by mean or last layer; other shapes unchanged."""
-    if a.ndim == 3:
+    """``(T, L, H)`` → ``(T, H)`` by mean or last layer (``none``: unchanged); other shapes unchanged."""
+    if a.ndim == 3 and how != "none":
         if how == "mean":
             return a.mean(axis=1)
         if how == "last":
@@ -162,8 +163,11 @@ def resolve_dims(
         keys = reader.keys()
         if not keys:
             raise DataError(f"{reader.path}: holds no utterances (input {key!r}); re-run its extraction")
-        a = reduce_layers(np.asarray(reader[keys[0]]), layer_reduce)
+        raw = np.asarray(reader[keys[0]])
+        a = reduce_layers(raw, layer_reduce)
         dims[spec.dim_param] = int(a.shape[-1])
+        if getattr(spec, "layers_param", None):
+            dims[spec.layers_param] = int(raw.shape[1]) if raw.ndim == 3 else 1
     return dims
 
 
@@ -223,6 +227,76 @@ def add_power_noise_db(x: np.ndarray, snr_db: float, rng: np.random.Generator) -
     return (10.0 * np.log10(power + noise)).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------------------------- normalisation
+
+NORMALIZE_MODES = (None, "fold", "utterance")
+
+
+@dataclass
+class Normalizer:
+    """Input standardisation ``(x − mean) / std`` per feature dimension, applied before padding.
+
+    ``mode="fold"``: mean/std of every dimension over all frames (sequences) or utterances (vectors) of the
+    fold's *training* split — the usual practice; the statistics belong to the fold (saved with its checkpoint).
+    ``mode="utterance"``: sequences are standardised with their own mean/std over time (CMVN); vectors, which
+    have no time axis, use the fold statistics. Phoneme ids are never touched. Stacked layers ``(T, L, H)`` get
+    statistics per (layer, dimension).
+    """
+
+    mode: str
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    eps: float = 1e-5
+
+    def __call__(self, key: str, a: np.ndarray, kind: str) -> np.ndarray:
+        if kind == "sequence" and self.mode == "utterance":
+            if len(a) == 0:
+                return a
+            return ((a - a.mean(axis=0)) / (a.std(axis=0) + self.eps)).astype(np.float32)
+        if key not in self.stats:
+            return a
+        mean, std = self.stats[key]
+        return ((a - mean) / std).astype(np.float32)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Flat ``{"<key>.mean": tensor, "<key>.std": tensor}`` (for safetensors next to the fold's weights)."""
+        out = {}
+        for k, (m, sd) in self.stats.items():
+            out[f"{k}.mean"], out[f"{k}.std"] = torch.from_numpy(m.copy()), torch.from_numpy(sd.copy())
+        return out
+
+
+def fit_normalizer(mode: str | None, readers: Mapping[str, FeatureReader], views: Mapping[str, InputView],
+                   utt_ids: Sequence[str]) -> Normalizer | None:
+    """Training-split statistics for ``mode`` (see :class:`Normalizer`); None when ``mode`` is None.
+
+    Sums run in float64 one utterance at a time, so memory stays at one utterance whatever the corpus size.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise DataError(f"train setting normalize must be null, 'fold' or 'utterance', got {mode!r}")
+    if mode is None:
+        return None
+    stats = {}
+    for key, view in views.items():
+        if view.kind == "phonemes" or (view.kind == "sequence" and mode == "utterance"):
+            continue
+        total = total_sq = None
+        count = 0
+        for u in utt_ids:
+            a = np.asarray(readers[view.feature][u], dtype=np.float64)
+            a = reduce_layers(a, view.layer_reduce) if view.kind == "sequence" else a.reshape(1, -1)
+            if total is None:
+                total, total_sq = np.zeros(a.shape[1:]), np.zeros(a.shape[1:])
+            total += a.sum(axis=0)
+            total_sq += np.square(a).sum(axis=0)
+            count += len(a)
+        if not count:
+            continue
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0)) + 1e-5
+        stats[key] = (mean.astype(np.float32), std.astype(np.float32))
+    return Normalizer(mode, stats)
+
+
 # ----------------------------------------------------------------------------------------------- datasets
 
 
@@ -249,6 +323,7 @@ class FeatureDataset(Dataset):
     split: str = "train"
     noise_snr_db: float | None = None
     seed: int = 0
+    normalizer: Normalizer | None = None
     items: list[Item] = field(default_factory=list)
     utt_index: list[int] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
@@ -317,8 +392,12 @@ class FeatureDataset(Dataset):
                     epoch = self.epoch if self.split == "train" else -1
                     rng = np.random.default_rng(stable_seed(self.seed, self.split, epoch, i, key))
                     a = add_power_noise_db(a, float(self.noise_snr_db), rng)
+                if self.normalizer is not None:
+                    a = self.normalizer(key, a, "sequence")
             elif view.kind == "vector":
                 a = a.astype(np.float32, copy=False).reshape(-1)
+                if self.normalizer is not None:
+                    a = self.normalizer(key, a, "vector")
             elif view.kind == "phonemes":
                 a = a.astype(np.int64, copy=False)
                 if a.ndim != 2:
@@ -346,10 +425,10 @@ def collate(items: Sequence[dict[str, Any]], views: Mapping[str, InputView], seg
             batch[key] = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
             continue
         if view.kind == "sequence":
-            dim = arrays[0].shape[-1]
+            inner = arrays[0].shape[1:]  # (D,) or (L, H) when the layer axis is kept
             lengths = [max(len(a), 1) for a in arrays]  # empty → one zero step, unmasked
             T = view.fixed_len or segment_len or max(lengths)
-            x = np.zeros((B, T, dim), np.float32)
+            x = np.zeros((B, T, *inner), np.float32)
             mask = np.ones((B, T), bool)
             for b, a in enumerate(arrays):
                 n = min(len(a), T)
@@ -429,12 +508,15 @@ __all__ = [
     "DataError",
     "FeatureDataset",
     "InputView",
+    "NORMALIZE_MODES",
+    "Normalizer",
     "Segmenting",
     "StoreError",
     "add_power_noise_db",
     "class_labels",
     "collate",
     "feature_frame_shift",
+    "fit_normalizer",
     "label_ids",
     "make_segmenting",
     "make_views",

@@ -111,6 +111,14 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def corpus_name(params: Mapping[str, Any]) -> str | None:
+    """The corpus a run is on: ``dataset.corpus`` (e.g. ``ravdess`` for a ``manifest`` corpus), else ``dataset.name``."""
+    ds = params.get("dataset") if isinstance(params, Mapping) else None
+    if not isinstance(ds, Mapping):
+        return None
+    return ds.get("corpus") or ds.get("name")
+
+
 def split_params(params: Mapping[str, Any] | None, model: str) -> tuple[dict[str, Any], dict[str, Any], dict]:
     """``(model_params, train_params, rest)`` from either a whole ``params.yaml`` dict (``models.<model>`` and
     ``train`` sections) or ``{"model": {...}, "train": {...}}``. A ``train`` key inside the model's section holds
@@ -596,12 +604,14 @@ def run_cross_validation(
     from models import get_model_info
 
     info = get_model_info(model)  # ValueError naming the known models
-    plan_file = Path(folds_dir) / f"{plan or info.fold_plan}.parquet"
+    model_params, train_params, whole = split_params(params, model)
+    plan_in_params = model_params.pop("fold_plan", None)  # models.<name>.fold_plan: another plan than the paper's
+    plan = plan or plan_in_params or info.fold_plan
+    plan_file = Path(folds_dir) / f"{plan}.parquet"
     for path, fix in ((Path(manifest_path), "build it (`dvc repro manifest`)"),
-                      (plan_file, f"make it (`dvc repro folds@{plan or info.fold_plan}`)")):
+                      (plan_file, f"make it (`dvc repro folds@{plan}`)")):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; {fix} or check --manifest/--folds-dir")
-    model_params, train_params, whole = split_params(params, model)
     flow_keys = ("task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir", "refresh_cache")
     flow_cfg = {k: train_params.pop(k) for k in flow_keys if k in train_params}
     if device is not None:
@@ -609,9 +619,7 @@ def run_cross_validation(
     if seed is not None:
         train_params["seed"] = int(seed)
     if corpus is None:
-        corpus = ((whole.get("dataset") or {}).get("name")) if isinstance(whole.get("dataset"), dict) else None
-    plan_in_params = model_params.pop("fold_plan", None)  # models.<name>.fold_plan: another plan than the paper's
-    plan = plan or plan_in_params
+        corpus = corpus_name(whole)
     # Without a server Prefect starts a temporary one and gives it 20 s, too little on a busy 2-core machine
     # (and every worker process of the processes/dask runners starts its own): allow 120 s unless configured.
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as startup
@@ -669,7 +677,7 @@ def serve(
             "model": m,
             "model_params": model_params,
             "train_params": train_params,
-            "corpus": (whole.get("dataset") or {}).get("name"),
+            "corpus": corpus_name(whole),
             **{k: v for k, v in flow_cfg.items() if v is not None},
         })
         deployments.append(

@@ -17,6 +17,11 @@ plan                         definition (specs/datasets.md)
 ``random_55_25_20``          5-fold stratified partition for test (0.20 each), val = 0.25 of all
                              carved stratified from the other 0.80 → 0.55/0.25/0.20 (speaker-dependent)
 ``random_811_10fold``        10-fold stratified CV: fold k tests part k, validates on part k+1 → 8:1:1
+``group_kfold``              k folds of whole groups (speakers by default): the groups are shuffled with
+                             the seed and dealt round-robin (per gender when ``balance="gender"``, so each
+                             fold holds as many female as male speakers where the corpus allows); val =
+                             the first ``val_groups`` groups of the next fold (rotating), so validation
+                             speakers are never test speakers of the same fold and never train speakers
 ``random_80_20_seeds``       5 independent stratified 80/20 splits with the paper's seeds (111111, 123456,
                              0, 999999, 987654); val = ``val_fraction`` (0.1) of the 80 %, same seed.
                              ``seed`` is not used (pass ``seeds=`` to change them). Independent splits:
@@ -71,6 +76,8 @@ class PlanSpec:
     group_option: str | None
     default_group: str | None
     description: str
+    #: manifest columns the plan reads when present (e.g. gender for balancing)
+    optional_columns: tuple[str, ...] = ()
 
 
 _PLANS: dict[str, PlanSpec] = {}
@@ -78,14 +85,15 @@ _PLANS: dict[str, PlanSpec] = {}
 
 def register_plan(
     name: str, *, test_partition: bool, description: str, group_option: str | None = None,
-    default_group: str | None = None,
+    default_group: str | None = None, optional_columns: tuple[str, ...] = (),
 ):
     """Register ``fn(m: DataFrame sorted by utt_id, seed, **options) -> (per-fold split arrays, info)``."""
 
     def deco(fn):
         if name in _PLANS:
             raise ValueError(f"fold plan {name!r} is already registered")
-        _PLANS[name] = PlanSpec(name, fn, test_partition, group_option, default_group, description)
+        _PLANS[name] = PlanSpec(name, fn, test_partition, group_option, default_group, description,
+                                tuple(optional_columns))
         return fn
 
     return deco
@@ -254,6 +262,49 @@ def _random_811_10fold(m, seed, *, n_splits: int = 10):
 
 
 @register_plan(
+    "group_kfold", test_partition=True, group_option="group", default_group="speaker", optional_columns=("gender",),
+    description="k folds of whole speakers (or sessions), gender-balanced; val = speakers of the next fold",
+)
+def _group_kfold(m, seed, *, group: str = "speaker", n_splits: int = 6, val_groups: int = 2,
+                 balance: str | None = "gender"):
+    if group not in ("session", "speaker"):
+        raise FoldError(f"group_kfold: group={group!r} must be 'session' or 'speaker'")
+    groups = _groups(m, group, "group_kfold")
+    if not 2 <= n_splits <= len(groups) - 1:
+        raise FoldError(f"group_kfold: n_splits={n_splits} must be in 2..{len(groups) - 1} ({len(groups)} {group}s)")
+    rng = np.random.default_rng(_fold_seed(seed, 0))
+    strata: dict[str, list[str]] = {"": list(groups)}
+    if balance == "gender":
+        if "gender" not in m.columns:
+            raise FoldError("group_kfold: balance='gender' needs a gender column in the manifest (or balance: null)")
+        g_of = m.groupby(group)["gender"].agg(lambda s: s.mode().iat[0] if len(s.mode()) else "")
+        strata = {}
+        for g in groups:
+            strata.setdefault(str(g_of[g]), []).append(g)
+    elif balance is not None:
+        raise FoldError(f"group_kfold: balance={balance!r} must be 'gender' or null")
+    fold_groups: list[list[str]] = [[] for _ in range(n_splits)]
+    k = 0
+    # deal each stratum in turn, continuing the rotation, so fold sizes differ by at most one group
+    for key in sorted(strata):
+        members = list(strata[key])
+        rng.shuffle(members)
+        for g in members:
+            fold_groups[k % n_splits].append(g)
+            k += 1
+    min_size = min(len(f) for f in fold_groups)
+    if not 1 <= val_groups <= min_size:
+        raise FoldError(f"group_kfold: val_groups={val_groups} must be in 1..{min_size} (groups per fold)")
+    col, idx = m[group].to_numpy(), np.arange(len(m))
+    folds = []
+    for f in range(n_splits):
+        test = idx[np.isin(col, fold_groups[f])]
+        val = idx[np.isin(col, fold_groups[(f + 1) % n_splits][:val_groups])]
+        folds.append(_assign(len(m), test, val))
+    return folds, {"group": group, "fold_test_groups": fold_groups}
+
+
+@register_plan(
     "random_80_20_seeds", test_partition=False,
     description="5 independent stratified 80/20 splits with the paper's seeds; val carved from train",
 )
@@ -290,7 +341,8 @@ def make_folds(plan: str, manifest: pd.DataFrame, seed: int = 0, **options) -> p
         takes = [p for p in params if p not in ("m", "seed")]
         raise FoldError(f"fold plan {plan!r} does not take option(s) {unknown}; it takes {takes}")
     group = options.get(spec.group_option, spec.default_group) if spec.group_option else spec.default_group
-    m = _prepare(manifest, (group,) if group else ())
+    optional = tuple(c for c in spec.optional_columns if c in getattr(manifest, "columns", ()))
+    m = _prepare(manifest, ((group,) if group else ()) + optional)
     split_arrays, info = spec.fn(m, int(seed), **options)
     ids = m["utt_id"].to_numpy(dtype=object)
     k = len(split_arrays)

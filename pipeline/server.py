@@ -275,7 +275,7 @@ def cross_validate_deployments(params_path: str | Path | None = "params.yaml", m
         model_params, train_params, _ = flows.split_params(whole, m)
         flow_cfg = {k: train_params.pop(k) for k in flow_keys if k in train_params}
         defaults = flows._jsonable({"model": m, "model_params": model_params, "train_params": train_params,
-                                    "corpus": (whole.get("dataset") or {}).get("name"),
+                                    "corpus": flows.corpus_name(whole),
                                     **{k: v for k, v in flow_cfg.items() if v is not None}})
         out.append(flows.cross_validate.to_deployment(name=m, parameters=defaults, tags=[tag, m],
                                                       description=f"Cross-validate {m} on its paper's fold plan"))

@@ -46,11 +46,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from pipeline.data import (
+    NORMALIZE_MODES,
     Collate,
     DataError,
     FeatureDataset,
+    Normalizer,
     class_labels,
     feature_frame_shift,
+    fit_normalizer,
     label_ids,
     make_segmenting,
     make_views,
@@ -95,6 +98,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "drop_short": None,  # None = True (the paper); false keeps short utterances as one padded window
     "subset": None,  # keep only manifest rows with this `subset` (paper E: improvised); None/"all" = all
     "layer_reduce": "mean",
+    # small-corpus settings (None = the papers' recipes: no input normalisation, unweighted loss)
+    "normalize": None,  # None | fold (training-split mean/std per dimension) | utterance (per-utterance CMVN)
+    "class_weights": None,  # None | balanced (loss weights ∝ 1 / training-split class frequency)
+    "fit": "gradient",  # gradient (the loop below) | sklearn (closed-form baselines with fit_arrays)
 }
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size")
@@ -131,6 +138,12 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
         cfg.update({ALIASES.get(k, k): v for k, v in ov.items() if v is not None})
     if cfg["select_on"] not in ("val_wa", "val_ua"):
         raise TrainError(f"select_on must be 'val_wa' or 'val_ua' (validation only), got {cfg['select_on']!r}")
+    if cfg["class_weights"] not in (None, "balanced"):
+        raise TrainError(f"class_weights must be null or 'balanced', got {cfg['class_weights']!r}")
+    if cfg["fit"] not in ("gradient", "sklearn"):
+        raise TrainError(f"fit must be 'gradient' or 'sklearn', got {cfg['fit']!r}")
+    if cfg["normalize"] not in NORMALIZE_MODES:
+        raise TrainError(f"normalize must be null, 'fold' or 'utterance', got {cfg['normalize']!r}")
     if cfg["loss"] != "cross_entropy":
         raise TrainError(f"loss {cfg['loss']!r} is not supported (cross_entropy only)")
     return cfg
@@ -206,6 +219,7 @@ class FoldData:
     label_of: dict[str, list[int]]
     model_overrides: dict[str, Any]
     segmenting: Any = None
+    normalizer: Normalizer | None = None
 
 
 def prepare_fold(
@@ -256,16 +270,19 @@ def prepare_fold(
         if not seq:
             raise TrainError(f"{model_name}: `segment_s` needs a sequence input")
         segmenting = make_segmenting(train_cfg, feature_frame_shift(readers[seq[0].feature]))
+    views = make_views(specs, train_cfg)
     return FoldData(
         model_name=model_name,
         fold=fold,
-        views=make_views(specs, train_cfg),
+        views=views,
         readers=readers,
         splits=splits,
         labels=labels,
         label_of=label_of,
         model_overrides=overrides,
         segmenting=segmenting,
+        # statistics of the training split only: validation and test never inform the inputs
+        normalizer=fit_normalizer(train_cfg.get("normalize"), readers, views, splits["train"]),
     )
 
 
@@ -279,6 +296,7 @@ def make_dataset(data: FoldData, split: str, train_cfg: Mapping[str, Any]) -> Fe
         split=split,
         noise_snr_db=train_cfg.get("noise_snr_db"),
         seed=stable_seed(train_cfg["seed"], data.fold),
+        normalizer=data.normalizer,
     )
     if len(ds) == 0:
         raise DataError(
@@ -472,6 +490,89 @@ def train_fold(
                                   checkpoint_dir, labels, log, create_model)
 
 
+@dataclass
+class LoopState:
+    """What a fold's loop carries between epochs (checkpointed in ``state.pt`` as plain values)."""
+
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_samples: int = 0
+    train_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def loss_weights(cfg: Mapping[str, Any], train_labels: list[int], n_classes: int,
+                 device: torch.device) -> torch.Tensor | None:
+    """``class_weights: balanced`` → ``n / (C · count_c)`` from the training split (sklearn's rule), else None."""
+    if cfg.get("class_weights") != "balanced":
+        return None
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32, device=device)
+
+
+def fit_epoch(model, loader, opt, cfg, st: LoopState, device, amp: bool, scaler, weight, where: str) -> tuple[int, float, bool]:
+    """One pass over the training loader; returns (items seen, summed loss, max_steps reached)."""
+    max_steps = cfg.get("max_steps")
+    model.train()
+    n_seen, loss_sum = 0, 0.0
+    for batch_no, batch in enumerate(loader):
+        inputs, y = _model_inputs(batch, device), batch["label"].to(device)
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, amp):
+            logits = model(**inputs)
+            loss = F.cross_entropy(logits.float(), y, weight=weight)
+        if not torch.isfinite(loss):
+            raise TrainError(f"{where} epoch {st.epoch + 1} batch {batch_no}: loss is {loss.item()}; "
+                             "lower the lr, set grad_clip, or set normalize: fold")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if cfg.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        st.step += 1
+        n_seen += len(y)
+        loss_sum += float(loss.detach()) * len(y)
+        if max_steps is not None and st.step >= int(max_steps):
+            return n_seen, loss_sum, True
+    return n_seen, loss_sum, False
+
+
+def _stack_split(ds: FeatureDataset, key: str) -> tuple[np.ndarray, np.ndarray]:
+    items = [ds[i] for i in range(len(ds))]
+    return np.stack([it[key] for it in items]), np.asarray([it["label"] for it in items])
+
+
+def fit_closed_form(model, ds: dict[str, FeatureDataset], cfg: Mapping[str, Any], where: str) -> LoopState:
+    """``fit: sklearn``: the model's ``fit_arrays`` on the training split, selected on validation (one input)."""
+    if not hasattr(model, "fit_arrays"):
+        raise TrainError(f"{where}: fit: sklearn needs a model with fit_arrays (the classical baseline); "
+                         "use fit: gradient")
+    keys = list(ds["train"].views)
+    if len(keys) != 1 or ds["train"].views[keys[0]].kind != "vector":
+        raise TrainError(f"{where}: fit: sklearn takes exactly one vector input, got {keys}")
+    x, y = _stack_split(ds["train"], keys[0])
+    xv, yv = _stack_split(ds["val"], keys[0])
+    t0 = time.perf_counter()
+    record = model.fit_arrays(x, y, xv, yv, select_on=cfg["select_on"].removeprefix("val_"))
+    hist = [{"epoch": 1, "selected": float(g["C"] == record["C"]), **g} for g in record["grid"]]
+    return LoopState(epoch=1, step=1, best_score=0.0, best_epoch=1, history=hist, train_samples=len(y),
+                     train_time=time.perf_counter() - t0)
+
+
 def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, model_params, checkpoint_dir, labels,
                        log, create_model) -> FoldResult:
     t_start = time.perf_counter()
@@ -480,102 +581,94 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
     seed = int(cfg["seed"])
+    where = f"{model_name} fold {fold}"
     data = prepare_fold(model_name, fold, manifest=manifest, folds=folds, features_dir=features_dir,
                         model_params=model_params, train_cfg=cfg, labels=labels)
     ds = {s: make_dataset(data, s, cfg) for s in ("train", "val", "test")}
-
     seed_everything(stable_seed(seed, fold, "init"))
     model = create_model(model_name, num_classes=len(data.labels), **data.model_overrides).to(device)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    if ckpt is not None and data.normalizer is not None and data.normalizer.stats:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        _atomic(ckpt / "normalization.safetensors",
+                lambda p: save_file(data.normalizer.to_tensors(), str(p), metadata={"mode": data.normalizer.mode}))
+    amp = bool(cfg["amp"]) and device.type == "cuda"
+    val_loader = _loader(ds["val"], data, cfg, shuffle=False, seed=0)
+    resumed_from = 0
+    if cfg["fit"] == "sklearn":
+        st = fit_closed_form(model, ds, cfg, where)
+        best_state = _cpu_state(model)
+        chosen = next(h for h in st.history if h["selected"])
+        log(f"{where}: fitted in closed form; validation selected {chosen}")
+    else:
+        st, best_state, resumed_from = _gradient_loop(model, data, ds, cfg, val_loader, ckpt, device, amp, seed,
+                                                      where, log)
+    model.load_state_dict({k: v.to(device) for k, v in best_state.items()})
+    return _final_result(model, data, ds, cfg, st, val_loader, device, amp, t_start, resumed_from)
+
+
+def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp, seed, where, log):
+    """Epochs with validation after each, best-epoch selection, early stopping and checkpoints."""
+    fold = data.fold
     opt = build_optimizer(model.parameters(), cfg)
     sched = build_scheduler(opt, cfg)
-    amp = bool(cfg["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
-
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    st = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
-          "train_samples": 0, "train_time": 0.0}
-    resumed_from = 0
+    weight = loss_weights(cfg, data.label_of["train"], len(data.labels), device)
+    st, resumed_from = LoopState(), 0
     if ckpt is not None:
         loaded = load_checkpoint(ckpt, model, opt, sched, device)
         if loaded is not None:
-            st.update({k: loaded[k] for k in st if k in loaded})
-            resumed_from = int(st["epoch"])
-            log(f"{model_name} fold {fold}: resuming after epoch {resumed_from}")
+            st = LoopState(**{k: loaded[k] for k in st.to_dict() if k in loaded})
+            resumed_from = st.epoch
+            log(f"{where}: resuming after epoch {resumed_from}")
     best_state = None
-    if ckpt is not None and (ckpt / "best.safetensors").exists() and st["best_epoch"] > 0:
+    if ckpt is not None and (ckpt / "best.safetensors").exists() and st.best_epoch > 0:
         best_state = load_file(str(ckpt / "best.safetensors"))
-
-    val_loader = _loader(ds["val"], data, cfg, shuffle=False, seed=0)
-    max_steps = cfg.get("max_steps")
-    epochs = int(cfg["epochs"])
-    patience = cfg.get("patience")
+    max_steps, epochs, patience = cfg.get("max_steps"), int(cfg["epochs"]), cfg.get("patience")
     sel = cfg["select_on"].removeprefix("val_")
-    stopped = (max_steps is not None and st["step"] >= int(max_steps)) or (
-        patience is not None and st["bad_epochs"] >= int(patience))
-    epoch = int(st["epoch"])
-    while epoch < epochs and not stopped:
-        epoch += 1
+    stopped = (max_steps is not None and st.step >= int(max_steps)) or (
+        patience is not None and st.bad_epochs >= int(patience))
+    while st.epoch < epochs and not stopped:
+        epoch = st.epoch + 1
         # per-epoch seeding: dropout, shuffling and noise depend only on (seed, fold, epoch) → resumable exactly
         seed_everything(stable_seed(seed, fold, epoch))
         ds["train"].set_epoch(epoch)
         loader = _loader(ds["train"], data, cfg, shuffle=True, seed=stable_seed(seed, fold, epoch, "loader"))
-        model.train()
-        t0, n_seen, loss_sum = time.perf_counter(), 0, 0.0
-        for batch in loader:
-            inputs, y = _model_inputs(batch, device), batch["label"].to(device)
-            opt.zero_grad(set_to_none=True)
-            with _autocast(device, amp):
-                logits = model(**inputs)
-                loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainError(f"{model_name} fold {fold} epoch {epoch}: loss is {loss.item()}; lower the lr")
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if cfg.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            st["step"] += 1
-            n_seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            if max_steps is not None and st["step"] >= int(max_steps):
-                stopped = True
-                break
-        st["train_time"] += time.perf_counter() - t0
-        st["train_samples"] += n_seen
+        t0 = time.perf_counter()
+        n_seen, loss_sum, stopped = fit_epoch(model, loader, opt, cfg, st, device, amp, scaler, weight, where)
+        st.train_time += time.perf_counter() - t0
+        st.train_samples += n_seen
         if sched is not None:
             sched.step()
         val_logits = evaluate(model, val_loader, len(ds["val"].utt_ids), ds["val"].utt_index, device, amp)
         vm, _ = score_split(val_logits, data.label_of["val"], data.labels)
-        score = vm[sel]
         rec = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_wa": vm["wa"], "val_ua": vm["ua"],
                "lr": float(opt.param_groups[0]["lr"])}
-        st["history"].append(rec)
-        if score > st["best_score"]:
-            st.update(best_score=float(score), best_epoch=epoch, bad_epochs=0)
+        st.history.append(rec)
+        if vm[sel] > st.best_score:
+            st.best_score, st.best_epoch, st.bad_epochs = float(vm[sel]), epoch, 0
             best_state = _cpu_state(model)
             if ckpt is not None:
                 ckpt.mkdir(parents=True, exist_ok=True)
                 _save_weights(ckpt / "best.safetensors", best_state, epoch)
         else:
-            st["bad_epochs"] += 1
-        if patience is not None and st["bad_epochs"] >= int(patience):
+            st.bad_epochs += 1
+        if patience is not None and st.bad_epochs >= int(patience):
             stopped = True
-        st["epoch"] = epoch
-        log(f"{model_name} fold {fold} epoch {epoch}: loss {rec['train_loss']:.4f} val WA {vm['wa']:.2f} "
-            f"UA {vm['ua']:.2f}{' *' if st['best_epoch'] == epoch else ''}")
+        st.epoch = epoch
+        log(f"{where} epoch {epoch}: loss {rec['train_loss']:.4f} val WA {vm['wa']:.2f} "
+            f"UA {vm['ua']:.2f}{' *' if st.best_epoch == epoch else ''}")
         if ckpt is not None:
-            save_checkpoint(ckpt, model, opt, sched, st)
-
+            save_checkpoint(ckpt, model, opt, sched, st.to_dict())
     if best_state is None:
-        raise TrainError(f"{model_name} fold {fold}: no epoch was trained (epochs={epochs}, max_steps={max_steps})")
-    model.load_state_dict({k: v.to(device) for k, v in best_state.items()})
+        raise TrainError(f"{where}: no epoch was trained (epochs={epochs}, max_steps={max_steps})")
+    return st, best_state, resumed_from
+
+
+def _final_result(model, data: FoldData, ds, cfg, st: LoopState, val_loader, device, amp, t_start,
+                  resumed_from) -> FoldResult:
+    """Score validation and test with the selected weights; the test predictions and the fold's record."""
+    fold = data.fold
     val_logits = evaluate(model, val_loader, len(ds["val"].utt_ids), ds["val"].utt_index, device, amp)
     val_m, _ = score_split(val_logits, data.label_of["val"], data.labels)
     test_loader = _loader(ds["test"], data, cfg, shuffle=False, seed=0)
@@ -593,24 +686,29 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
     for j, lab in enumerate(data.labels):
         preds[f"prob_{lab}"] = probs[:, j].astype(float).tolist()
     cfg_obj = dataclasses.asdict(model.config) if dataclasses.is_dataclass(getattr(model, "config", None)) else {}
+    extras = {"dropped_test": ds["test"].dropped, "dropped_train": len(ds["train"].dropped)}
+    if data.normalizer is not None:
+        extras["normalize"] = data.normalizer.mode
+    if hasattr(model, "layer_weights"):
+        extras["layer_weights"] = [float(v) for v in model.layer_weights().detach().cpu()]
     return FoldResult(
-        model=model_name,
+        model=data.model_name,
         fold=int(fold),
         labels=list(data.labels),
-        best_epoch=int(st["best_epoch"]),
-        epochs_run=int(st["epoch"]),
-        steps=int(st["step"]),
+        best_epoch=int(st.best_epoch),
+        epochs_run=int(st.epoch),
+        steps=int(st.step),
         val=val_m,
         test=test_m,
         predictions=preds,
-        history=list(st["history"]),
+        history=list(st.history),
         runtime_s=time.perf_counter() - t_start,
-        train_samples_per_s=st["train_samples"] / st["train_time"] if st["train_time"] > 0 else float("nan"),
+        train_samples_per_s=st.train_samples / st.train_time if st.train_time > 0 else float("nan"),
         n_train=len(ds["train"]),
         n_val=len(data.splits["val"]),
         n_test=len(data.splits["test"]),
         device=str(device),
         model_config={k: list(v) if isinstance(v, tuple) else v for k, v in cfg_obj.items()},
         resumed_from_epoch=resumed_from,
-        extras={"dropped_test": ds["test"].dropped, "dropped_train": len(ds["train"].dropped)},
+        extras=extras,
     )

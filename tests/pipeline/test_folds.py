@@ -27,6 +27,7 @@ from pipeline.folds import (
 )
 
 PLANS = ["loso", "session_3_1_1", "random_55_25_20", "random_811_10fold", "random_80_20_seeds"]
+ALL_PLANS = PLANS + ["group_kfold"]
 SESSION_PLANS = {"loso", "session_3_1_1"}
 LABELS = ["neu", "hap", "ang", "sad"]
 HYP = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -63,8 +64,8 @@ def manifests(draw, min_per_session: int = 4):
     )
 
 
-def test_registry_lists_the_five_plans():
-    assert list_plans() == sorted(PLANS)
+def test_registry_lists_the_papers_plans_and_group_kfold():
+    assert list_plans() == sorted(ALL_PLANS)
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -96,6 +97,47 @@ def test_plan_properties(plan, m, seed, perm):
     pd.testing.assert_frame_equal(f, again)
     pd.testing.assert_frame_equal(f, shuffled)
     assert plan_hash(f) == plan_hash(shuffled) == f.attrs["plan_hash"]
+
+
+def _speaker_manifest(n_speakers: int = 12, per_speaker: int = 6) -> pd.DataFrame:
+    """Speakers s01.. alternating M/F (like RAVDESS: odd = male), 4 balanced labels each."""
+    rows = []
+    for s in range(1, n_speakers + 1):
+        for k in range(per_speaker):
+            rows.append({"utt_id": f"s{s:02d}_{k}", "label": LABELS[k % 4], "speaker": f"s{s:02d}",
+                         "session": f"s{s:02d}", "gender": "M" if s % 2 else "F"})
+    return pd.DataFrame(rows)
+
+
+@HYP
+@given(seed=st.integers(0, 2**31), n_splits=st.integers(2, 4), perm=st.integers(0, 10_000))
+def test_group_kfold_is_speaker_independent_and_gender_balanced(seed, n_splits, perm):
+    m = _speaker_manifest()
+    f = make_folds("group_kfold", m, seed=seed, n_splits=n_splits, val_groups=1)
+    spk = m.set_index("utt_id")["speaker"]
+    gender = m.groupby("speaker")["gender"].first()
+    assert f["fold"].nunique() == n_splits
+    assert (f[f["split"] == "test"].groupby("utt_id").size() == 1).all()  # test folds partition the corpus
+    for _, g in f.groupby("fold"):
+        by = {s: set(spk[g.loc[g["split"] == s, "utt_id"]]) for s in SPLITS}
+        assert not by["test"] & (by["train"] | by["val"]) and not by["val"] & by["train"]
+        assert len(by["val"]) == 1
+        counts = gender[sorted(by["test"])].value_counts()
+        assert abs(counts.get("M", 0) - counts.get("F", 0)) <= 1  # dealt per gender
+    shuffled = make_folds("group_kfold", m.sample(frac=1.0, random_state=perm), seed=seed, n_splits=n_splits,
+                          val_groups=1)
+    pd.testing.assert_frame_equal(f, shuffled)
+
+
+def test_group_kfold_bad_options():
+    m = _speaker_manifest()
+    with pytest.raises(FoldError, match="n_splits=12 must be in 2..11"):
+        make_folds("group_kfold", m, n_splits=12)
+    with pytest.raises(FoldError, match="val_groups=5 must be in 1..4"):
+        make_folds("group_kfold", m, n_splits=3, val_groups=5)
+    with pytest.raises(FoldError, match="needs a gender column"):
+        make_folds("group_kfold", m.drop(columns="gender"), n_splits=3)
+    assert make_folds("group_kfold", m.drop(columns="gender"), n_splits=3, balance=None)["fold"].nunique() == 3
 
 
 @HYP
@@ -207,7 +249,7 @@ def test_plan_hash_depends_on_content_only():
 
 
 def test_unknown_plan_and_option():
-    with pytest.raises(FoldError, match=r"unknown fold plan 'lolo'; known plans: loso, random_55_25_20"):
+    with pytest.raises(FoldError, match=r"unknown fold plan 'lolo'; known plans: group_kfold, loso, random_55_25_20"):
         make_folds("lolo", fixed_manifest())
     with pytest.raises(FoldError, match=r"'loso' does not take option\(s\) \['folds'\]; it takes \['group', 'val'"):
         make_folds("loso", fixed_manifest(), folds=3)

@@ -109,7 +109,7 @@ def test_collate_builds_what_every_model_accepts(name):
             n = n_by_mask.setdefault(spec.mask_key or key, int(rng.integers(max(full // 2, 1), full + 1)))
             if spec.kind == "sequence":
                 T = full if spec.mask_key is None else n  # maskless inputs are fixed-size windows
-                it[key] = rng.normal(size=(T, ref[key].shape[-1])).astype(np.float32)
+                it[key] = rng.normal(size=(T, *ref[key].shape[2:])).astype(np.float32)  # (T, D) or (T, L, H)
             elif spec.kind == "vector":
                 it[key] = rng.normal(size=(ref[key].shape[-1],)).astype(np.float32)
             else:

@@ -1,0 +1,187 @@
+"""Accuracy on real speech: every model of a corpus config and the baselines, trained through the pipeline's own
+stages (manifest → folds → extract → train, i.e. the ``cross_validate`` Prefect flow a ``dvc repro`` runs), in one
+run, on the same folds.
+
+    python -m benchmarks.accuracy [--params params.ravdess.yaml] [--models ilt classical ...]
+                                  [--workdir .emoflow/bench-ravdess] [--out benchmarks/results/accuracy_ravdess.json]
+    python -m benchmarks.accuracy --table benchmarks/results/accuracy_ravdess.json   # the README's table
+
+The workspace (``--workdir``, default under ``.emoflow/``, git-ignored) holds a copy of the params file with the
+corpus root made absolute, the manifest, the fold plans, the feature files and each model's results; a rerun
+reuses finished features and cached folds (content keys), so an interrupted benchmark resumes. The JSON gets,
+per model: UA, WA and macro-F1 pooled over folds and mean ± std over folds, per-class recall, training time, the
+resolved settings, whether the features came from random or pretrained weights, and the difference to the
+``classical`` baseline; plus the machine. Corpus data never leaves the workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/ctranslate2 load (see pipeline/cli.py)
+
+try:
+    from benchmarks import _machine
+except ImportError:  # run as a file (python benchmarks/accuracy.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import _machine
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES = ("classical", "probe")
+
+
+def machine_info() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {"cpu": _machine.cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def prepare_workspace(params_file: Path, workdir: Path) -> Path:
+    """Copy the params file into ``workdir`` with ``dataset.root`` resolved against the repository."""
+    import yaml
+
+    params = yaml.safe_load(params_file.read_text())
+    root = Path(params["dataset"]["root"])
+    if not root.is_absolute():
+        root = (ROOT / root).resolve()
+    if not root.exists():
+        raise SystemExit(f"corpus not found at {root} (dataset.root of {params_file}); give its location in "
+                         "the params file")
+    params["dataset"]["root"] = str(root)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "params.yaml"
+    out.write_text(yaml.safe_dump(params, sort_keys=False))
+    return out
+
+
+def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[str, dict[str, Any]]:
+    """The stages a ``dvc repro`` runs, in order, inside ``workdir``; returns each model's metrics and timing."""
+    import yaml
+
+    from models import get_model_info
+    from pipeline import stages
+
+    params = yaml.safe_load(params_path.read_text())
+    data = workdir / "data"
+    manifest = data / "manifest.parquet"
+    stages.manifest(params_path, manifest)
+    for plan in params["folds"]["plans"]:
+        stages.folds(params_path, plan, manifest, data / "folds" / f"{plan}.parquet")
+    needed: set[str] = set()
+    for m in models:
+        sec = dict((params.get("models") or {}).get(m) or {})
+        sec.pop("train", None), sec.pop("fold_plan", None)
+        needed |= {s.feature for s in get_model_info(m).input_specs(**sec).values()}
+    missing = sorted(needed - set(params["extract"]["features"]))
+    if missing:
+        raise SystemExit(f"{params_path}: extract.features lacks {missing}, needed by the models {models}")
+    timings: dict[str, float] = {}
+    for feat in params["extract"]["features"]:
+        if feat not in needed:
+            continue
+        t0 = time.perf_counter()
+        stages.extract(params_path, feat, manifest, data / "features" / f"{feat}.h5", progress=False)
+        timings[feat] = time.perf_counter() - t0
+    out: dict[str, dict[str, Any]] = {}
+    for m in models:
+        t0 = time.perf_counter()
+        metrics = stages.train(params_path, m, manifest, data / "folds", data / "features", workdir / "results",
+                               storage_dir=workdir / ".emoflow", runs_dir=workdir / "runs")
+        out[m] = {"metrics": metrics, "wall_s": time.perf_counter() - t0}
+    return {"models": out, "extract_s": timings}
+
+
+def summarise(model: str, run: dict[str, Any], baseline_ua: float | None) -> dict[str, Any]:
+    m = run["metrics"]
+    row = {
+        "model": model,
+        "kind": "baseline" if model in BASELINES else "paper model",
+        "fold_plan": m["fold_plan"],
+        "n_folds": m["n_folds"],
+        **{k: {"pooled": m[k]["pooled"] / 100, "mean": m[k]["mean"] / 100, "std": m[k]["std"] / 100}
+           for k in ("ua", "wa", "macro_f1")},
+        "per_class_recall_pooled": {c: v["pooled"] for c, v in m["per_class_recall"].items()},
+        "train_wall_s": run["wall_s"],
+        "features": {k: {"random_weights": v["random_weights"], "weights": v["weights"]}
+                     for k, v in m["features"].items()},
+        "train_settings": m["train"],
+        "model_params": m["model_params"],
+        "best_epochs": [f["best_epoch"] for f in m["folds"].values()],
+    }
+    if baseline_ua is not None:
+        row["ua_minus_classical"] = row["ua"]["pooled"] - baseline_ua
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.ravdess.yaml")
+    ap.add_argument("--models", nargs="*", help="default: train.models of the params file")
+    ap.add_argument("--workdir", default=".emoflow/bench-ravdess")
+    ap.add_argument("--out", default="benchmarks/results/accuracy_ravdess.json")
+    ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return {}
+    import yaml
+
+    params_file = Path(args.params)
+    workdir = Path(args.workdir).resolve()
+    params_path = prepare_workspace(params_file, workdir)
+    models = args.models or list(yaml.safe_load(params_path.read_text())["train"]["models"])
+    if "classical" in models:  # the reference row first, so every other row can say how far it is from it
+        models = ["classical"] + [m for m in models if m != "classical"]
+    t0 = time.perf_counter()
+    runs = run_pipeline(params_path, workdir, models)
+    base = runs["models"].get("classical")
+    base_ua = base["metrics"]["ua"]["pooled"] / 100 if base else None
+    rows = [summarise(m, runs["models"][m], base_ua) for m in models]
+    result = {
+        "benchmark": "accuracy on real speech, pooled over speaker-independent folds",
+        "params_file": str(params_file),
+        "corpus_root": yaml.safe_load(params_path.read_text())["dataset"]["root"],
+        "machine": machine_info(),
+        "total_wall_s": time.perf_counter() - t0,
+        "extract_wall_s": runs["extract_s"],
+        "rows": rows,
+        "note": "numbers on this corpus are never comparable to the papers' IEMOCAP numbers",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(markdown_table(result))
+    print(f"→ {out}")
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The README table: one row per model, pooled UA/WA/F1, mean ± std UA, Δ to the classical baseline."""
+    lines = ["| model | kind | UA pooled | UA mean ± std | WA pooled | macro-F1 pooled | Δ UA vs classical "
+             "| train wall (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        delta = r.get("ua_minus_classical")
+        lines.append(
+            f"| `{r['model']}` | {r['kind']} | {r['ua']['pooled']:.3f} | {r['ua']['mean']:.3f} ± {r['ua']['std']:.3f} "
+            f"| {r['wa']['pooled']:.3f} | {r['macro_f1']['pooled']:.3f} | "
+            f"{'—' if delta is None or r['model'] == 'classical' else f'{delta:+.3f}'} | {r['train_wall_s']:.0f} |")
+    m = result["machine"]
+    lines.append("")
+    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
+                 f"{', ' + m['cuda'] if m.get('cuda') else ', CPU only'}; whole benchmark "
+                 f"{result['total_wall_s'] / 60:.0f} min.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
