@@ -20,6 +20,7 @@ from models.registry import (
     make_config,
     model_config_class,
     register_model,
+    requirements,
 )
 
 __all__ = [
@@ -34,5 +35,6 @@ __all__ = [
     "make_config",
     "model_config_class",
     "register_model",
+    "requirements",
     "tiny_config",
 ]

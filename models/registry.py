@@ -74,15 +74,77 @@ class ModelInfo:
 
     def inputs_for(self, **overrides) -> dict[str, str]:
         """Batch key → feature-store name for the config with ``overrides`` applied (RLC adds ``text``)."""
-        cfg = make_config(self.name, **overrides)
-        return {k: s.feature for k, s in self.model_cls.input_specs(cfg).items()}
+        return {k: s.feature for k, s in self.input_specs(**overrides).items()}
 
     def input_specs(self, **overrides) -> dict[str, InputSpec]:
+        """The model's inputs for ``overrides``; ``inputs={key: feature}`` swaps the feature of an input whose
+        paper input is a representation (e.g. ``{"audio": "whisper"}`` for KS-Transformer's wav2vec2)."""
+        swaps = overrides.pop("inputs", None) or {}
         cfg = make_config(self.name, **overrides)
-        return dict(self.model_cls.input_specs(cfg))
+        specs = dict(self.model_cls.input_specs(cfg))
+        return swap_inputs(self.name, specs, swaps)
+
+
+#: what kind of array each feature set stores, for checking ``inputs`` swaps (others: frame sequences)
+FEATURE_KINDS = {"functionals": "vector", "bert_cls": "vector", "phonemes": "phonemes"}
+
+
+def swap_inputs(model: str, specs: dict[str, InputSpec], swaps: dict[str, str]) -> dict[str, InputSpec]:
+    """``specs`` with ``feature`` replaced per ``swaps``; an unknown key or a feature of another kind
+    (vector for a frame sequence, ...) raises ValueError naming both."""
+    if not isinstance(swaps, dict):
+        raise ValueError(f"models.{model}.inputs must map input keys to feature names, got {swaps!r}")
+    for key, feature in swaps.items():
+        if key not in specs:
+            raise ValueError(f"models.{model}.inputs: {key!r} is not an input of {model}; its inputs are "
+                             f"{sorted(specs)}")
+        kind = FEATURE_KINDS.get(str(feature), "sequence")
+        if kind != specs[key].kind:
+            raise ValueError(f"models.{model}.inputs.{key}: {feature!r} gives a {kind}, but {model}'s {key!r} "
+                             f"takes a {specs[key].kind} (paper input: {specs[key].feature!r})")
+        specs[key] = dataclasses.replace(specs[key], feature=str(feature))
+    return specs
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What model ``model`` needs for one ``params.yaml: models.<model>`` section: the one answer that training,
+    cache keys, ``emoflow pull`` and the benchmarks read.
+
+    ``inputs``: batch key → feature-store name (after ``inputs`` swaps and options such as RLC's ``use_text``);
+    ``features``: the distinct feature files; ``fold_plan``: the section's ``fold_plan`` or the paper's;
+    ``config``: the model-config overrides; ``train``: the section's per-model training overrides;
+    ``swapped``: the inputs that are not the paper's.
+    """
+
+    model: str
+    inputs: dict[str, str]
+    features: list[str]
+    fold_plan: str
+    config: dict[str, Any]
+    train: dict[str, Any]
+    swapped: dict[str, str]
+
+
+def requirements(name: str, section: dict[str, Any] | None = None) -> Requirements:
+    """Resolve ``params.yaml: models.<name>`` (``train``, ``fold_plan``, ``inputs`` and config keys).
+
+    >>> requirements("rlc", {"use_text": True, "fold_plan": "loso"}).features
+    ['lld17', 'word2vec']
+    """
+    info = get_model_info(name)
+    sec = dict(section or {})
+    train = dict(sec.pop("train", None) or {})
+    plan = sec.pop("fold_plan", None) or info.fold_plan
+    swapped = dict(sec.get("inputs") or {})
+    inputs = info.inputs_for(**sec)
+    return Requirements(model=name, inputs=inputs, features=sorted(dict.fromkeys(inputs.values())),
+                        fold_plan=str(plan), config={k: v for k, v in sec.items()}, train=train, swapped=swapped)
+
+
 
 
 def register_model(
@@ -167,6 +229,7 @@ def make_config(name: str, **overrides):
     """
     cls = model_config_class(name)
     known = [f.name for f in dataclasses.fields(cls)]
+    overrides = {k: v for k, v in overrides.items() if k != "inputs"}  # input swaps: see ModelInfo.input_specs
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ValueError(

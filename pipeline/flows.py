@@ -525,6 +525,10 @@ def cross_validate(
         reasons.append(f"random-weight encoders: {', '.join(random_feats)}")
     if plan != info.fold_plan:
         reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
+    if model_params.get("inputs"):
+        reasons.append(f"inputs {model_params['inputs']} are not the paper's")
+    if train_cfg.get("normalize") or train_cfg.get("class_weights"):
+        reasons.append("small-corpus settings (normalize/class_weights) are not the paper's recipe")
     t1 = _dt.datetime.now(_dt.timezone.utc)
     out: dict[str, Any] = {
         "model": model,
@@ -601,12 +605,12 @@ def run_cross_validation(
     explicit arguments win. Outputs go to ``<results_dir>/<model>/``. Returns the metrics dict.
     """
     # Fail fast, before Prefect starts a (temporary) server: a typo then costs one line, not 20 s and a traceback.
-    from models import get_model_info
+    from models import requirements
 
-    info = get_model_info(model)  # ValueError naming the known models
     model_params, train_params, whole = split_params(params, model)
-    plan_in_params = model_params.pop("fold_plan", None)  # models.<name>.fold_plan: another plan than the paper's
-    plan = plan or plan_in_params or info.fold_plan
+    req = requirements(model, model_params)  # ValueError naming the known models; plan = section's or paper's
+    model_params.pop("fold_plan", None)
+    plan = plan or req.fold_plan
     plan_file = Path(folds_dir) / f"{plan}.parquet"
     for path, fix in ((Path(manifest_path), "build it (`dvc repro manifest`)"),
                       (plan_file, f"make it (`dvc repro folds@{plan}`)")):

@@ -410,30 +410,17 @@ def stage_names(repo: str | Path = ".") -> dict[str, list[str]]:
 def model_features(model: str, params: Mapping[str, Any] | None = None) -> tuple[list[str], str]:
     """Feature-store names model ``model`` consumes and its fold plan, for the config in ``params``.
 
-    Reads ``models.get_model_info(model)``: ``inputs(**overrides)`` with ``params: models.<model>`` as overrides
-    (keys that are not config fields are ignored here), and ``fold_plan``.
+    The answer of ``models.requirements(model, params: models.<model>)`` (input swaps, ``use_text``, the
+    section's ``fold_plan``), the same one training uses.
     """
     try:
         import models
     except ImportError as e:  # pragma: no cover - a broken checkout
         raise RemoteError(f"cannot import the model registry ({e}); pass the features explicitly "
                           "(emoflow pull --feature NAME)") from None
-    info = models.get_model_info(model)  # ValueError listing the known models on a typo
     section = dict(((params or {}).get("models") or {}).get(model) or {})
-    inputs = getattr(info, "inputs", None)
-    if callable(inputs):
-        import dataclasses
-
-        fields = {f.name for f in dataclasses.fields(info.config_cls)} if dataclasses.is_dataclass(
-            getattr(info, "config_cls", None)) else set(section)
-        mapping = inputs(**{k: v for k, v in section.items() if k in fields})
-    elif isinstance(inputs, Mapping):
-        mapping = inputs
-    else:
-        raise RemoteError(f"model {model!r}: the registry gives no inputs; pass --feature NAME for each feature")
-    features = sorted(dict.fromkeys(str(v) for v in mapping.values()))
-    plan = getattr(info, "fold_plan", None)
-    return features, plan
+    req = models.requirements(model, section)  # ValueError listing the known models on a typo
+    return list(req.features), req.fold_plan
 
 
 def targets_for_features(features: Sequence[str], *, plans: Sequence[str] = (), repo: str | Path = ".",

@@ -287,3 +287,91 @@ def test_converted_real_encoder_every_layer_matches_ctranslate2():
     ct2 = _ct2_model(ensure_whisper_model(DEFAULT_MODEL), **CPU)
     ref = np.asarray(ct2.model.encode(ctranslate2.StorageView.from_array(mel.input_features), to_cpu=True))
     np.testing.assert_allclose(x[:, 1], ref[0, :50], atol=5e-3)
+
+
+# --- transformers backend without the 30-s padding (pad_to_30s: false) ---------------------------------------
+def test_hf_states_equal_hf_forward_on_the_full_window(tiny):
+    """_hf_states runs the encoder's parts in HF's order: on a 30-s input (the only length HF's forward takes) it
+    gives exactly HF's hidden_states (the input of every layer, then the final layer norm's output)."""
+    from features.whisper import _hf_states
+
+    ex = get_extractor("whisper", model=str(tiny), device="cpu")
+    enc = ex._ensure_loaded()["model"]
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 80, 3000)).astype(np.float32))
+    with torch.inference_mode():
+        ref = enc(x, output_hidden_states=True).hidden_states
+        mine = _hf_states(enc, x, {0, 1, 2})
+        short = _hf_states(enc, x[:, :, :100], {2})[2]
+    assert len(ref) == 3 and sorted(mine) == [0, 1, 2]
+    for i in range(3):
+        torch.testing.assert_close(mine[i], ref[i], rtol=0, atol=0)
+    assert short.shape == (2, 50, 32)
+    with pytest.raises(ValueError, match="even number"):
+        _hf_states(enc, x[:, :, :101], {2})
+
+
+def test_tiny_no_padding_frames_batch_and_hash(tiny):
+    kw = {"model": str(tiny), "device": "cpu", "layers": [0, 1, 2]}
+    nopad = get_extractor("whisper", pad_to_30s=False, **kw)
+    padded = get_extractor("whisper", **kw)
+    assert nopad.config_hash != padded.config_hash  # different numbers: a different feature set
+    for n in (16000, 16160, 16080, 100, 0, 5 * SR + 333):
+        x = nopad.extract(_noise(n, n), SR)
+        assert x.shape == (nopad.n_frames(n), 3, 32) == (padded.n_frames(n), 3, 32) and np.isfinite(x).all()
+    # exactly 30 s: the chunk is the whole window, so both paths see the same input
+    wav = _noise(30 * SR, 5)
+    np.testing.assert_allclose(nopad.extract(wav, SR), padded.extract(wav, SR), atol=1e-5)
+    short = _noise(SR, 6)
+    assert np.abs(nopad.extract(short, SR) - padded.extract(short, SR)).max() > 1e-3  # padding changes it
+    # batched (equal lengths together, full chunks of long items together) == one by one
+    ex = get_extractor("whisper", pad_to_30s=False, max_seconds=1.0, batch_size=3, **kw)
+    wavs = [_noise(n, i) for i, n in enumerate((16000, 16000, 5000, 40000, 16160, 16000))]
+    for w, b in zip(wavs, ex.extract_batch(wavs, SR), strict=True):
+        assert b.shape == (ex.n_frames(len(w)), 3, 32)
+        np.testing.assert_allclose(b, ex.extract(w, SR), atol=1e-5)
+    prov = ex.provenance()
+    assert prov["pad_to_30s"] is False and prov["batching"] == "equal-length chunks only"
+    assert "no 30-s padding" in prov["encoder_input"]
+    assert padded.provenance()["pad_to_30s"] is True
+
+
+@pytest.fixture(scope="module")
+def real_all_layers():
+    """One RAVDESS recording whose content has an odd number of mel frames (so the extra frame is exercised),
+    all 7 hidden states of the real Whisper base, transformers backend without the 30-s padding."""
+    from features.audio import load_audio
+
+    _ravdess(1)  # skips without the corpus
+    with open(RAVDESS / "manifest.csv", newline="") as f:
+        paths = [RAVDESS / row["path"] for row in csv.DictReader(f)][:20]
+    for path in paths:
+        wav = load_audio(path)
+        if (len(wav) // 160) % 2:
+            break
+    else:
+        pytest.skip("no RAVDESS file with an odd number of mel frames among the first 20")
+    ex = get_extractor("whisper", backend="transformers", pad_to_30s=False, layers=list(range(7)),
+                       layer_reduce="stack", device="cpu")
+    return wav, ex, ex.extract(wav, SR)
+
+
+def test_real_no_padding_all_layers_shape(real_all_layers):
+    wav, ex, x = real_all_layers
+    assert x.shape == (ex.n_frames(len(wav)), 7, 512) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert ex.layout() == "(frames, n_layers, hidden)"
+    prov = ex.provenance()
+    assert prov["layers"] == list(range(7)) and prov["pad_to_30s"] is False and prov["random_weights"] is False
+
+
+def test_real_no_padding_last_layer_matches_ctranslate2(real_all_layers):
+    """Without the 30-s padding the transformers encoder sees what CTranslate2's sees (the audio's mel frames),
+    so with the converted weights the last layer equals the ctranslate2 backend's to float error. Measured on 10
+    RAVDESS files: max |diff| <= 1.1e-3 x the states' std (~1.35; in silent frames, where a ~1e-5 difference
+    between the two log-mel front ends and the kernels is amplified), mean |diff| <= 3e-6 x; with the 30-s
+    padding the max differs by ~11 x the std. Bounds: 5x and ~20x headroom over the measured worst cases."""
+    wav, _, x = real_all_layers
+    ref = get_extractor("whisper", **CPU).extract(wav, SR)
+    assert ref.shape == x[:, 6].shape
+    diff, std = np.abs(x[:, 6] - ref), float(ref.std())
+    assert diff.max() < 5e-3 * std, (diff.max(), std)
+    assert diff.mean() < 5e-5 * std, (diff.mean(), std)
