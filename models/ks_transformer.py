@@ -230,16 +230,21 @@ class KSTransformerConfig:
 @register_model(
     "ks_transformer",
     train={
+        # Default = the authors' code (C): SGD with momentum 0.9, cosine decay to lr/1000 over 120 epochs.
+        # The paper's text (P) gives no momentum and "halve every 30 epochs"; plain SGD at lr 5e-4 barely moves
+        # in 120 epochs, so it is kept as the selectable `paper_text_variant` (train: {momentum: 0.0,
+        # schedule: {type: step, step_epochs: 30, gamma: 0.5}}), not the default.
         "optimizer": "sgd",
         "lr": 5e-4,
-        "momentum": 0.0,
+        "momentum": 0.9,  # C
         "weight_decay": 0.0,
         "batch_size": 32,
         "epochs": 120,  # NF in the paper; the code trains 120 epochs
-        "schedule": {"type": "step", "step_epochs": 30, "gamma": 0.5},  # P: halved every 30 epochs
+        "schedule": {"type": "cosine", "eta_min_factor": 1e-3},  # C (over `epochs`)
         "select_on": "val_wa",  # the code selects on the test fold; we select on validation
         "loss": "cross_entropy",
         "code_variant": {"momentum": 0.9, "schedule": "cosine to lr/1000 over 120 epochs", "seed": 123},
+        "paper_text_variant": {"momentum": 0.0, "schedule": {"type": "step", "step_epochs": 30, "gamma": 0.5}},
         "max_len": {"audio": 460, "text": 20},
     },
     paper={

@@ -274,6 +274,8 @@ class MultigranularityConfig(MultilevelConfig):
         "ua": 75.0,
         "protocol": PROTOCOL_C,
         "row": "multi-granularity (with BERT)",
+        # stored features are frozen: reports say so on every run of this model
+        "deviations": ["BERT CLS vectors are frozen features; the paper fine-tunes BERT"],
     },
     fold_plan="session_3_1_1",
     description="Multilevel transformer CLS + BERT CLS, late fusion",

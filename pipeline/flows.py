@@ -525,6 +525,7 @@ def cross_validate(
         reasons.append(f"random-weight encoders: {', '.join(random_feats)}")
     if plan != info.fold_plan:
         reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
+    reasons += list(info.paper.get("deviations") or [])
     if model_params.get("inputs"):
         reasons.append(f"inputs {model_params['inputs']} are not the paper's")
     if train_cfg.get("normalize") or train_cfg.get("class_weights"):

@@ -106,7 +106,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size")
 #: informational keys of models' train dicts that the loop does not read
-INFO_KEYS = ("code_variant", "seeds")
+INFO_KEYS = ("code_variant", "paper_text_variant", "seeds")
 #: aliases used by models' train dicts → the loop's key
 ALIASES = {"early_stopping_patience": "patience"}
 

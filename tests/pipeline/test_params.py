@@ -64,3 +64,21 @@ def test_params_errors_name_the_key(tmp_path):
         expect("two", int, "extract.jobs")
     with pytest.raises(ParamsError, match="must be int"):
         expect(True, int, "extract.jobs")  # YAML's `yes` is not a number
+
+
+def test_ravdess_params_are_valid_and_speaker_independent():
+    """params.ravdess.yaml: every section it has is a valid config, its models' features are extracted, and its
+    fold plan is grouped by actor (the corpus itself is not needed)."""
+    from pipeline.train import resolve_train_config
+
+    p = load_params(ROOT / "params.ravdess.yaml")
+    assert p["dataset"]["name"] == "manifest" and p["dataset"]["corpus"] == "ravdess"
+    assert p["folds"]["plans"] == ["group_kfold"] and p["folds"]["options"]["group_kfold"]["group"] == "speaker"
+    for name, cfg in p["features"].items():
+        extractor_class(name).Config.from_dict(cfg, name=name)
+    loop = {k: v for k, v in p["train"].items() if k not in ("models", "task_runner", "max_workers")}
+    for name in p["train"]["models"]:
+        req = models.requirements(name, p["models"].get(name))
+        assert req.fold_plan == "group_kfold", name
+        assert set(req.features) <= set(p["extract"]["features"]), name
+        resolve_train_config(models.get_model_info(name).train, loop, req.train)
