@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-accuracy lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -33,6 +33,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.extract --offline --params params.yaml
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.train
+
+# Accuracy on real speech (RAVDESS, ../shared/corpora/ravdess): every model of params.ravdess.yaml and the
+# baselines through the pipeline's stages, same folds, one run (about an hour on 2 cores; resumes if interrupted).
+bench-accuracy: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) OMP_WAIT_POLICY=PASSIVE \
+		$(BIN)/python -m benchmarks.accuracy --params params.ravdess.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check features models pipeline tests benchmarks

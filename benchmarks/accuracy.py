@@ -93,12 +93,18 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
         stages.extract(params_path, feat, manifest, data / "features" / f"{feat}.h5", progress=False)
         timings[feat] = time.perf_counter() - t0
     out: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
     for m in models:
         t0 = time.perf_counter()
-        metrics = stages.train(params_path, m, manifest, data / "folds", data / "features", workdir / "results",
-                               storage_dir=workdir / ".emoflow", runs_dir=workdir / "runs")
+        try:
+            metrics = stages.train(params_path, m, manifest, data / "folds", data / "features",
+                                   workdir / "results", storage_dir=workdir / ".emoflow", runs_dir=workdir / "runs")
+        except Exception as e:  # one broken model must not cost the others' hour: record it, go on
+            failed[m] = f"{type(e).__name__}: {e}"
+            print(f"[benchmark] {m} FAILED: {failed[m]}", flush=True)
+            continue
         out[m] = {"metrics": metrics, "wall_s": time.perf_counter() - t0}
-    return {"models": out, "extract_s": timings}
+    return {"models": out, "extract_s": timings, "failed": failed}
 
 
 def summarise(model: str, run: dict[str, Any], baseline_ua: float | None) -> dict[str, Any]:
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = run_pipeline(params_path, workdir, models)
     base = runs["models"].get("classical")
     base_ua = base["metrics"]["ua"]["pooled"] / 100 if base else None
-    rows = [summarise(m, runs["models"][m], base_ua) for m in models]
+    rows = [summarise(m, runs["models"][m], base_ua) for m in models if m in runs["models"]]
     result = {
         "benchmark": "accuracy on real speech, pooled over speaker-independent folds",
         "params_file": str(params_file),
@@ -157,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "total_wall_s": time.perf_counter() - t0,
         "extract_wall_s": runs["extract_s"],
         "rows": rows,
+        "failed": runs["failed"],
         "note": "numbers on this corpus are never comparable to the papers' IEMOCAP numbers",
     }
     out = Path(args.out)

@@ -191,7 +191,7 @@ def build_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
 def build_scheduler(opt, cfg: Mapping[str, Any]):
     """Per-epoch LR schedule (stepped after each epoch) or None."""
     sch = cfg.get("schedule")
-    if not sch:
+    if not sch or sch == "none":  # "none" switches a paper's schedule off (null keeps the paper's value)
         return None
     kind = sch.get("type")
     if kind == "step":
