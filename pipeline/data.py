@@ -324,6 +324,9 @@ class FeatureDataset(Dataset):
     noise_snr_db: float | None = None
     seed: int = 0
     normalizer: Normalizer | None = None
+    #: keep every array read (after layer reduction) in memory: later epochs skip HDF5 reads and dtype
+    #: conversion (same values; costs the split's size in RAM — for small corpora and stacked encoder layers)
+    cache_in_memory: bool = False
     items: list[Item] = field(default_factory=list)
     utt_index: list[int] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
@@ -368,6 +371,24 @@ class FeatureDataset(Dataset):
     def _features(self) -> set[str]:
         return {v.feature for v in self.views.values()}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get the dataset pickled: never ship the in-memory cache (each worker builds its own)
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def _sequence(self, view: InputView, utt_id: str) -> np.ndarray:
+        """The stored array of ``utt_id`` for a sequence view, layers reduced, float32 (cached when asked)."""
+        if self.cache_in_memory:
+            cache = self.__dict__.setdefault("_cache", {})
+            hit = cache.get((view.key, utt_id))
+            if hit is not None:
+                return hit
+        a = reduce_layers(np.asarray(self.readers[view.feature][utt_id]), view.layer_reduce)
+        a = a.astype(np.float32, copy=False)
+        if self.cache_in_memory:
+            a.setflags(write=False)  # shared across epochs: augmentation and normalisation make copies
+            cache[(view.key, utt_id)] = a
+        return a
+
     def set_epoch(self, epoch: int) -> None:
         """Training noise differs per epoch (seeded by seed, epoch, item); call before each epoch."""
         self.epoch = epoch
@@ -379,9 +400,8 @@ class FeatureDataset(Dataset):
         item = self.items[i]
         out: dict[str, Any] = {"label": self.labels[self.utt_index[i]], "index": i}
         for key, view in self.views.items():
-            a = np.asarray(self.readers[view.feature][item.utt_id])
             if view.kind == "sequence":
-                a = reduce_layers(a, view.layer_reduce).astype(np.float32, copy=False)
+                a = self._sequence(view, item.utt_id)
                 if item.start is not None and self.segmenting is not None:
                     a = a[item.start : item.start + self.segmenting.window]
                 if view.max_len is not None:
@@ -395,11 +415,11 @@ class FeatureDataset(Dataset):
                 if self.normalizer is not None:
                     a = self.normalizer(key, a, "sequence")
             elif view.kind == "vector":
-                a = a.astype(np.float32, copy=False).reshape(-1)
+                a = np.asarray(self.readers[view.feature][item.utt_id]).astype(np.float32, copy=False).reshape(-1)
                 if self.normalizer is not None:
                     a = self.normalizer(key, a, "vector")
             elif view.kind == "phonemes":
-                a = a.astype(np.int64, copy=False)
+                a = np.asarray(self.readers[view.feature][item.utt_id]).astype(np.int64, copy=False)
                 if a.ndim != 2:
                     raise DataError(f"{self.readers[view.feature].path}: {item.utt_id} phonemes must be (words, phones)")
             else:

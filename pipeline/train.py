@@ -86,6 +86,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "deterministic": True,  # True | False | "strict"
     "num_workers": 0,
     "num_threads": None,  # torch intra-op threads (None: leave torch's default)
+    "cache_in_memory": False,  # keep read arrays in RAM across epochs (same numbers; small corpora)
     "seed": 0,
     # input handling (see pipeline/data.py)
     "fixed_frames": None,
@@ -104,7 +105,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "fit": "gradient",  # gradient (the loop below) | sklearn (closed-form baselines with fit_arrays)
 }
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
-RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size")
+RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory")
 #: informational keys of models' train dicts that the loop does not read
 INFO_KEYS = ("code_variant", "paper_text_variant", "seeds")
 #: aliases used by models' train dicts → the loop's key
@@ -297,6 +298,7 @@ def make_dataset(data: FoldData, split: str, train_cfg: Mapping[str, Any]) -> Fe
         noise_snr_db=train_cfg.get("noise_snr_db"),
         seed=stable_seed(train_cfg["seed"], data.fold),
         normalizer=data.normalizer,
+        cache_in_memory=bool(train_cfg.get("cache_in_memory")),
     )
     if len(ds) == 0:
         raise DataError(
