@@ -64,9 +64,12 @@ def stage_demo_data(out: Path = typer.Option(..., "--out"), models_out: Path | N
 
 
 @stage_app.command("manifest")
-def stage_manifest(out: Path = typer.Option(..., "--out"), params: Path = PARAMS):
-    """Build data/manifest.parquet from params.yaml: dataset."""
-    _run(stages.manifest, params, out)
+def stage_manifest(out: Path = typer.Option(..., "--out"),
+                   asr_cache: Path | None = typer.Option(None, "--asr-cache", help="HDF5 cache of ASR transcripts "
+                                                         "(needed with dataset.transcripts: asr)"),
+                   progress: bool = typer.Option(True), params: Path = PARAMS):
+    """Build data/manifest.parquet from params.yaml: dataset (transcribed by Whisper with transcripts: asr)."""
+    _run(stages.manifest, params, out, asr_cache, progress=progress)
 
 
 @stage_app.command("folds")

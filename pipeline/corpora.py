@@ -28,7 +28,7 @@ import pandas as pd
 import soundfile as sf
 
 from pipeline.manifest import (
-    COLUMNS,
+    REQUIRED_COLUMNS,
     ManifestError,
     MissingAudioError,
     audio_checksum,
@@ -293,7 +293,7 @@ def _table_to_manifest(
         )
     df, abs_paths = _drop_missing(df, abs_paths, missing_audio, str(file))
     df["duration"], df["audio_sha256"] = _audio_stats(abs_paths, df["start"].to_numpy(), df["end"].to_numpy(), jobs)
-    return df[list(COLUMNS)]
+    return df[list(REQUIRED_COLUMNS)]
 
 
 @register_adapter("manifest")
@@ -491,4 +491,4 @@ def iemocap_adapter(
         warnings.warn(msg, CorpusCountWarning, stacklevel=2)
         log.warning(msg)
     # dialog times are kept as extra columns (the sentence wavs themselves are whole utterances)
-    return df[list(COLUMNS) + ["dialog_start", "dialog_end"]]
+    return df[list(REQUIRED_COLUMNS) + ["dialog_start", "dialog_end"]]

@@ -45,13 +45,26 @@ def source_checksums(extractor: Extractor, manifest: pd.DataFrame) -> dict[str, 
     return dict(zip(manifest["utt_id"], manifest["audio_sha256"], strict=True))
 
 
+def audio_root_of(root: str | Path) -> Path:
+    """The folder a manifest's relative paths start from: ``dataset.root``, or its folder when the root is the
+    corpus table itself (the ``manifest`` adapter)."""
+    root = Path(root)
+    return root.parent if root.is_file() else root
+
+
+def load_utterance_audio(row: dict, audio_root: Path, audio_cfg: AudioConfig) -> np.ndarray:
+    """The waveform of one manifest row: its file (relative to ``audio_root`` unless absolute), cut to the row's
+    ``start``/``end`` when set (NaN or absent = the whole file), at ``audio_cfg``'s rate (mono float32)."""
+    path = Path(row["path"])
+    if not path.is_absolute():
+        path = Path(audio_root) / path
+    return load_audio(path, row.get("start"), row.get("end"), audio_cfg)
+
+
 def _load_input(extractor: Extractor, row: dict, audio_root: Path, audio_cfg: AudioConfig) -> Any:
     if extractor.input == "text":
         return row.get("transcript") or ""
-    path = Path(row["path"])
-    if not path.is_absolute():
-        path = audio_root / path
-    return load_audio(path, row.get("start"), row.get("end"), audio_cfg)
+    return load_utterance_audio(row, audio_root, audio_cfg)
 
 
 def _compute(extractor: Extractor, rows: list[dict], audio_root: Path, audio_cfg: AudioConfig) -> dict[str, np.ndarray]:
@@ -119,10 +132,8 @@ def extract_features(
 
     t0 = time.perf_counter()
     out_path = Path(out_path)
-    audio_root = Path(audio_root)
-    if audio_root.is_file():
-        # dataset.root may be the corpus table itself (the `manifest` adapter): its paths are relative to its folder
-        audio_root = audio_root.parent
+    # dataset.root may be the corpus table itself (the `manifest` adapter): its paths are relative to its folder
+    audio_root = audio_root_of(audio_root)
     wanted = source_checksums(extractor, manifest)
     meta = FileMeta.from_extractor(extractor, audio=audio.to_dict())
     rows_by_id = {r["utt_id"]: r for r in manifest.to_dict("records")}
@@ -190,4 +201,5 @@ def _progress(total: int, name: str, enabled: bool):
     return tqdm(total=total, desc=f"extract {name}", unit="utt", dynamic_ncols=True, disable=not enabled or total == 0)
 
 
-__all__ = ["extract_features", "ExtractResult", "ExtractionError", "AudioError", "StoreError", "source_checksums"]
+__all__ = ["extract_features", "ExtractResult", "ExtractionError", "AudioError", "StoreError", "source_checksums",
+           "audio_root_of", "load_utterance_audio"]

@@ -18,21 +18,33 @@ gender     str      "F", "M" or "" (unknown)
 subset     str      "improvised", "scripted" or ""
 transcript str      may be ""
 audio_sha256 str    sha256 of the file bytes; for a segment, of the bytes + ``f"{start:.4f}-{end:.4f}"``
+transcript_source   where ``transcript`` comes from: ``gold`` (the corpus' own text, or none) or
+           str      ``asr:<model>`` (written by the ``manifest`` stage with ``dataset.transcripts: asr``);
+                    optional on input: a manifest without it (every manifest before it existed) reads as
+                    ``gold`` everywhere
 ========== ======== ==========================================================================
 
 Extra columns are allowed and preserved after these (e.g. a corpus' valence/arousal).
 The Parquet file is written atomically, rows sorted by ``utt_id``, with no pandas metadata, so the same
-content always gives the same bytes (DVC then sees no change when nothing changed).
+content always gives the same bytes (DVC then sees no change when nothing changed). ``transcript_source`` is
+stored only when some row is not ``gold``: an all-gold manifest has exactly the bytes it had before the column
+existed, so upgrading does not make DVC rerun the stages below it.
+
+Manifest-level metadata (e.g. ``asr_wer``, the ASR word error rate against the gold transcripts) is passed to
+:func:`write_manifest` as ``metadata=`` and stored as JSON in the Parquet schema metadata (key
+``emoflow.manifest.attrs``, only when there is some); :func:`read_manifest` puts it back in ``df.attrs``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,9 +53,11 @@ import pyarrow.parquet as pq
 
 SCHEMA_VERSION = "1"
 
-STR_COLUMNS = ("utt_id", "path", "label", "speaker", "session", "gender", "subset", "transcript", "audio_sha256")
+STR_COLUMNS = ("utt_id", "path", "label", "speaker", "session", "gender", "subset", "transcript", "audio_sha256",
+               "transcript_source")
 FLOAT_COLUMNS = ("start", "end", "duration")
-COLUMNS = (
+#: The columns every manifest (and every corpus adapter's output) must have.
+REQUIRED_COLUMNS = (
     "utt_id",
     "path",
     "start",
@@ -57,6 +71,14 @@ COLUMNS = (
     "transcript",
     "audio_sha256",
 )
+#: Columns that may be absent on input (older manifests, adapters) → filled with this value; also for ""/missing.
+DEFAULTED_COLUMNS = {"transcript_source": "gold"}
+#: Every schema column, in the canonical order (extras follow).
+COLUMNS = REQUIRED_COLUMNS + tuple(DEFAULTED_COLUMNS)
+#: ``transcript_source`` values: ``gold`` or ``asr:<model>``.
+TRANSCRIPT_SOURCE_PATTERN = r"gold|asr:\S.*"
+#: Parquet schema-metadata key of the manifest-level metadata (JSON).
+ATTRS_KEY = b"emoflow.manifest.attrs"
 #: Columns that may hold "" (and where a missing value is read as "").
 OPTIONAL_TEXT = ("speaker", "session", "gender", "subset", "transcript")
 GENDERS = ("F", "M", "")
@@ -115,26 +137,32 @@ def audio_checksum(path: str | os.PathLike, start: float | None = None, end: flo
 def validate_manifest(df: pd.DataFrame, source: str | os.PathLike | None = None) -> pd.DataFrame:
     """Check ``df`` against the manifest schema; return a normalised copy (canonical column order and dtypes).
 
-    Missing optional text (``speaker``, ``session``, ``gender``, ``subset``, ``transcript``) becomes "".
+    Missing optional text (``speaker``, ``session``, ``gender``, ``subset``, ``transcript``) becomes "";
+    a missing ``transcript_source`` column (or value) becomes ``gold``.
     Raises :class:`ManifestError` naming ``source`` (a file or adapter name), the column and what to do.
     """
     where = f"{source}: " if source is not None else "manifest: "
     if not isinstance(df, pd.DataFrame):
         raise ManifestError(f"{where}expected a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(
-            f"{where}missing column(s) {missing}; a manifest needs {list(COLUMNS)} "
+            f"{where}missing column(s) {missing}; a manifest needs {list(REQUIRED_COLUMNS)} "
             "(rebuild it with `build_manifest`/the manifest stage)"
         )
     if df.columns.duplicated().any():
         raise ManifestError(f"{where}duplicate column names {_examples(df.columns[df.columns.duplicated()])}")
     out = df.reset_index(drop=True).copy()
+    for c, default in DEFAULTED_COLUMNS.items():
+        if c not in out.columns:
+            out[c] = default
 
     for c in STR_COLUMNS:
         col = out[c]
         null = col.isna()
-        if c in OPTIONAL_TEXT:
+        if c in DEFAULTED_COLUMNS:
+            col = col.where(~(null | (col == "")), DEFAULTED_COLUMNS[c])
+        elif c in OPTIONAL_TEXT:
             col = col.where(~null, "")
         elif null.any():
             raise ManifestError(
@@ -179,6 +207,8 @@ def validate_manifest(df: pd.DataFrame, source: str | os.PathLike | None = None)
     bad(~out["gender"].isin(GENDERS), f"gender must be one of {GENDERS} for utterance(s)")
     bad(~out["subset"].isin(SUBSETS), f"subset must be one of {SUBSETS} for utterance(s)")
     bad(~out["audio_sha256"].str.fullmatch(r"[0-9a-f]{64}"), "audio_sha256 is not a sha256 hex digest for utterance(s)")
+    bad(~out["transcript_source"].str.fullmatch(TRANSCRIPT_SOURCE_PATTERN),
+        "transcript_source must be 'gold' or 'asr:<model>' for utterance(s)")
 
     extras = [c for c in out.columns if c not in COLUMNS]
     return out[list(COLUMNS) + extras]
@@ -230,10 +260,29 @@ def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Validate ``df``, sort by ``utt_id`` and write it atomically as Parquet. Same content → same bytes."""
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Validate ``df``, sort by ``utt_id`` and write it atomically as Parquet. Same content → same bytes.
+
+    ``metadata``: manifest-level values (JSON-serialisable, e.g. ``{"asr_wer": 0.12}``), read back into
+    ``df.attrs`` by :func:`read_manifest`. ``transcript_source`` is left out of the file when every row is
+    ``gold`` (it reads back as ``gold``), so such a manifest keeps the bytes it had before the column existed.
+    """
     out = sort_manifest(validate_manifest(df, source=path))
-    return atomic_write_table(_to_table(out, {"emoflow.manifest.schema": SCHEMA_VERSION}), path)
+    if (out["transcript_source"] == DEFAULTED_COLUMNS["transcript_source"]).all():
+        out = out.drop(columns=["transcript_source"])
+    meta = {"emoflow.manifest.schema": SCHEMA_VERSION}
+    if metadata:
+        try:
+            meta[ATTRS_KEY.decode()] = json.dumps(dict(metadata), sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"{path}: manifest metadata must be JSON values (no NaN): {e}") from None
+    return atomic_write_table(_to_table(out, meta), path)
+
+
+def manifest_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest-level metadata stored by :func:`write_manifest` (``{}`` when none), without reading rows."""
+    raw = (pq.read_schema(path).metadata or {}).get(ATTRS_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -246,4 +295,11 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError with terse messages
         raise ManifestError(f"{path}: not a readable Parquet manifest ({e}); rebuild it") from None
     df = table.to_pandas()
-    return validate_manifest(df, source=path)
+    raw = (table.schema.metadata or {}).get(ATTRS_KEY)
+    try:
+        attrs = json.loads(raw) if raw else {}
+    except ValueError:
+        raise ManifestError(f"{path}: unreadable manifest metadata ({ATTRS_KEY.decode()}); rebuild it") from None
+    out = validate_manifest(df, source=path)
+    out.attrs = attrs
+    return out

@@ -43,9 +43,13 @@ def demo_data(params_path: str | Path, out: str | Path, models_out: str | Path |
                 _say(f"{feat}: demo encoder with RANDOM weights (pipeline test only) → {override}")
 
 
-def manifest(params_path: str | Path, out: str | Path) -> None:
+def manifest(params_path: str | Path, out: str | Path, asr_cache: str | Path | None = None, *,
+             progress: bool = True):
+    """Build the manifest; with ``dataset.transcripts: asr`` also transcribe it (cached in ``asr_cache``).
+    Returns the :class:`pipeline.transcribe.TranscribeResult` (None with ``transcripts: gold``)."""
     from pipeline.corpora import build_manifest
     from pipeline.manifest import write_manifest
+    from pipeline.transcribe import ensure_asr_cache, transcribe_manifest, transcript_settings
 
     params = load_params(params_path)
     ds = section(params, "dataset")
@@ -53,12 +57,23 @@ def manifest(params_path: str | Path, out: str | Path) -> None:
     root = expect(section(ds, "root", source="params.yaml: dataset"), str, "dataset.root")
     options = ds.get("options") or {}
     expect(options, dict, "dataset.options")
+    asr = transcript_settings(ds, source=str(params_path))
+    if asr is not None and asr_cache is None:
+        raise ParamsError(f"{params_path}: dataset.transcripts: asr needs a transcript cache file: run the stage "
+                          "with --asr-cache <file> (dvc.yaml: the manifest stage passes data/asr_cache.h5)")
     t0 = time.perf_counter()
     df = build_manifest(name, root, **options)
-    write_manifest(df, out)
+    result, metadata, asr_note = None, None, ""
+    if asr is not None:
+        df, result = transcribe_manifest(df, asr, asr_cache, audio_root=root, progress=progress)
+        metadata, asr_note = result.metadata(), f"; {result.summary()}"
+    elif asr_cache is not None:
+        ensure_asr_cache(asr_cache)  # the DVC out exists; an existing cache is kept for a later `asr`
+    write_manifest(df, out, metadata=metadata)
     counts = df["label"].value_counts().sort_index().to_dict()
     _say(f"manifest: {name} at {root}: {len(df)} utterances, {df['speaker'].nunique()} speakers, "
-         f"classes {counts} → {out} ({time.perf_counter() - t0:.1f} s)")
+         f"classes {counts}{asr_note} → {out} ({time.perf_counter() - t0:.1f} s)")
+    return result
 
 
 def folds(params_path: str | Path, plan: str, manifest_path: str | Path, out: str | Path) -> None:

