@@ -227,6 +227,7 @@ def _table_to_manifest(
     if len(empty):
         raise ManifestError(f"{file}: empty path in data row(s) {(empty[:5] + 1).tolist()}; fill them in")
     labels = text["label"]
+    raw_labels = labels  # the corpus' own label, kept as corpus_label (per-model label maps read it)
     empty = np.flatnonzero((labels == "").to_numpy())
     if len(empty):
         raise ManifestError(f"{file}: empty label in data row(s) {(empty[:5] + 1).tolist()}; label or drop them")
@@ -276,6 +277,7 @@ def _table_to_manifest(
             "start": start,
             "end": end,
             "label": labels,
+            "corpus_label": raw_labels,
             "speaker": text["speaker"],
             "session": text["session"],
             "gender": _norm_gender(text["gender"], str(file)),
@@ -461,6 +463,7 @@ def iemocap_adapter(
                         "utt_id": utt,
                         "wav": sdir / "sentences" / "wav" / dialog / f"{utt}.wav",
                         "label": lm[code],
+                        "corpus_label": code,  # e.g. exc and hap stay apart for per-model label maps
                         "speaker": m.group(1) + m.group(3),
                         "session": m.group(1),
                         "gender": m.group(3),

@@ -147,6 +147,41 @@ def load_inputs(manifest_path: str | Path, folds_path: str | Path) -> tuple[pd.D
     return manifest, read_folds(folds_path)
 
 
+def apply_label_map(manifest: pd.DataFrame, folds: pd.DataFrame,
+                    label_map: Mapping[str, str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A model's own label map (``models.<name>.label_map``): ``corpus_label`` (the corpus' label before the
+    dataset's map, e.g. IEMOCAP's ``exc``) → the model's class; utterances whose corpus label is not in the map
+    leave every split of the plan (speaker independence is kept: rows are only removed). No map: unchanged.
+
+    >>> m = pd.DataFrame({"utt_id": ["a", "b", "c"], "label": ["hap", "hap", "neu"],
+    ...                   "corpus_label": ["exc", "hap", "neu"]})
+    >>> f = pd.DataFrame({"utt_id": ["a", "b", "c"], "fold": 0, "split": ["train", "val", "test"]})
+    >>> m2, f2 = apply_label_map(m, f, {"exc": "hap", "neu": "neu"})
+    >>> list(m2["label"]), list(f2["utt_id"])
+    (['hap', 'neu'], ['a', 'c'])
+    """
+    if not label_map:
+        return manifest, folds
+    if not isinstance(label_map, Mapping):
+        raise FlowError(f"label_map must map corpus labels to classes, got {label_map!r}")
+    source = manifest["corpus_label"] if "corpus_label" in manifest.columns else manifest["label"]
+    source = source.astype(str)
+    keep = source.isin([str(k) for k in label_map])
+    if not keep.any():
+        raise FlowError(f"label_map {dict(label_map)} matches no utterance (corpus labels: "
+                        f"{sorted(set(source))}); fix models.<name>.label_map")
+    out = manifest.loc[keep].copy()
+    out["label"] = source[keep].map({str(k): str(v) for k, v in label_map.items()})
+    kept = set(out["utt_id"].astype(str))
+    return out.reset_index(drop=True), folds[folds["utt_id"].astype(str).isin(kept)].reset_index(drop=True)
+
+
+def label_mapping(manifest: pd.DataFrame) -> dict[str, str]:
+    """``{corpus_label: label}`` as the run sees it (what comparability with a paper's label map checks)."""
+    source = manifest["corpus_label"] if "corpus_label" in manifest.columns else manifest["label"]
+    return dict(sorted(set(zip(source.astype(str), manifest["label"].astype(str), strict=True))))
+
+
 def feature_provenance(features_dir: str | Path, features: list[str]) -> dict[str, dict[str, Any]]:
     from features.store import FeatureReader
 
@@ -237,12 +272,13 @@ def train_fold_task(
     train_params: dict[str, Any],
     labels: list[str],
     checkpoint_root: str | None,
+    label_map: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one fold (pipeline.train.train_fold) and return its :class:`FoldResult` as a plain dict."""
     from pipeline.train import train_fold
 
     logger = get_run_logger()
-    manifest, folds = load_inputs(manifest_path, folds_path)
+    manifest, folds = apply_label_map(*load_inputs(manifest_path, folds_path), label_map)
     ckpt = Path(checkpoint_root) / model / cache_key if checkpoint_root else None
     result = train_fold(
         model,
@@ -352,7 +388,7 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFr
 
 
 #: keys of the flow's result that describe the run rather than score it (go to run.json)
-RUN_KEYS = ("run", "train", "model_params", "code_version")
+RUN_KEYS = ("run", "train", "model_params", "code_version", "label_map")
 
 
 def run_record(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -448,8 +484,10 @@ def cross_validate(
     max_workers: int | None = None,
     dask_address: str | None = None,
     refresh_cache: bool = False,
+    label_map: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Cross-validate ``model`` on fold plan ``plan`` (default: the model's paper plan).
+    """Cross-validate ``model`` on fold plan ``plan`` (default: the model's paper plan); ``label_map``: the
+    model's own corpus-label → class map (see :func:`apply_label_map`; default: the manifest's labels).
 
     Writes ``<results_dir>/<model>/`` (when ``results_dir`` is set) and a run record under ``<runs_dir>``;
     returns the metrics dict (the content of ``metrics.json``).
@@ -461,9 +499,13 @@ def cross_validate(
     logger = get_run_logger()
     t0 = _dt.datetime.now(_dt.timezone.utc)
     info = get_model_info(model)
-    plan = plan or info.fold_plan
+    model_params = dict(model_params or {})
+    # flow-level keys of a models.<name> section (a deployment passes the section as it is)
+    section_plan, section_map = model_params.pop("fold_plan", None), model_params.pop("label_map", None)
+    plan = plan or section_plan or info.fold_plan
+    label_map = label_map or section_map
     folds_path = Path(folds_dir) / f"{plan}.parquet"
-    manifest, plan_df = load_inputs(manifest_path, folds_path)
+    manifest, plan_df = apply_label_map(*load_inputs(manifest_path, folds_path), label_map)
     from pipeline.folds import plan_hash
 
     model_params = dict(model_params or {})
@@ -504,7 +546,7 @@ def cross_validate(
             params = dict(model=model, fold=f, cache_key=key, manifest_path=str(Path(manifest_path).resolve()),
                           folds_path=str(folds_path.resolve()), features_dir=str(Path(features_dir).resolve()),
                           model_params=resolved_params, train_params=dict(train_params or {}), labels=labels,
-                          checkpoint_root=checkpoint_root)
+                          checkpoint_root=checkpoint_root, label_map=dict(label_map) if label_map else None)
             futures.append(runner.submit(t, parameters=params))
         cached = []
         for f, fut in zip(run_folds, futures, strict=True):
@@ -526,6 +568,14 @@ def cross_validate(
     if plan != info.fold_plan:
         reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
     reasons += list(info.paper.get("deviations") or [])
+    paper_map = info.paper.get("label_map")
+    run_map = label_mapping(manifest[manifest["utt_id"].astype(str).isin(set(plan_df["utt_id"].astype(str)))])
+    if paper_map and run_map != dict(sorted(paper_map.items())):
+        reasons.append(f"label map {run_map} differs from the paper's {dict(sorted(paper_map.items()))} "
+                       "(set models.<name>.label_map)")
+    paper_subset = info.train.get("subset")
+    if paper_subset and train_cfg.get("subset") != paper_subset:
+        reasons.append(f"subset {train_cfg.get('subset')!r} differs from the paper's {paper_subset!r}")
     if model_params.get("inputs"):
         reasons.append(f"inputs {model_params['inputs']} are not the paper's")
     if train_cfg.get("normalize") or train_cfg.get("class_weights"):
@@ -538,6 +588,7 @@ def cross_validate(
         "not_comparable_because": reasons,
         "fold_plan": plan,
         "plan_hash": plan_hash(plan_df),
+        "label_map": run_map,
         "protocol": info.paper.get("protocol"),
         "select_on": train_cfg["select_on"],
         "features": feats,
@@ -611,6 +662,7 @@ def run_cross_validation(
     model_params, train_params, whole = split_params(params, model)
     req = requirements(model, model_params)  # ValueError naming the known models; plan = section's or paper's
     model_params.pop("fold_plan", None)
+    label_map = model_params.pop("label_map", None)  # models.<name>.label_map: the model's own classes
     plan = plan or req.fold_plan
     plan_file = Path(folds_dir) / f"{plan}.parquet"
     for path, fix in ((Path(manifest_path), "build it (`dvc repro manifest`)"),
@@ -649,6 +701,7 @@ def run_cross_validation(
             max_workers=flow_cfg.get("max_workers"),
             dask_address=flow_cfg.get("dask_address"),
             refresh_cache=bool(flow_cfg.get("refresh_cache", False)),
+            label_map=label_map,
         )
 
 

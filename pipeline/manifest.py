@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = "1"
 
 STR_COLUMNS = ("utt_id", "path", "label", "speaker", "session", "gender", "subset", "transcript", "audio_sha256",
-               "transcript_source")
+               "transcript_source", "corpus_label")
 FLOAT_COLUMNS = ("start", "end", "duration")
 #: The columns every manifest (and every corpus adapter's output) must have.
 REQUIRED_COLUMNS = (
@@ -74,7 +74,10 @@ REQUIRED_COLUMNS = (
 #: Columns that may be absent on input (older manifests, adapters) → filled with this value; also for ""/missing.
 DEFAULTED_COLUMNS = {"transcript_source": "gold"}
 #: Every schema column, in the canonical order (extras follow).
-COLUMNS = REQUIRED_COLUMNS + tuple(DEFAULTED_COLUMNS)
+#: Columns that default to another column's value: ``corpus_label`` (the corpus' own label before the dataset's
+#: label_map, e.g. IEMOCAP's ``exc``) is ``label`` where absent.
+COPIED_COLUMNS = {"corpus_label": "label"}
+COLUMNS = REQUIRED_COLUMNS + tuple(DEFAULTED_COLUMNS) + tuple(COPIED_COLUMNS)
 #: ``transcript_source`` values: ``gold`` or ``asr:<model>``.
 TRANSCRIPT_SOURCE_PATTERN = r"gold|asr:\S.*"
 #: Parquet schema-metadata key of the manifest-level metadata (JSON).
@@ -156,6 +159,11 @@ def validate_manifest(df: pd.DataFrame, source: str | os.PathLike | None = None)
     for c, default in DEFAULTED_COLUMNS.items():
         if c not in out.columns:
             out[c] = default
+    for c, src in COPIED_COLUMNS.items():
+        if c not in out.columns:
+            out[c] = out[src]
+        else:
+            out[c] = out[c].where(~(out[c].isna() | (out[c] == "")), out[src])
 
     for c in STR_COLUMNS:
         col = out[c]
@@ -270,6 +278,8 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[
     out = sort_manifest(validate_manifest(df, source=path))
     if (out["transcript_source"] == DEFAULTED_COLUMNS["transcript_source"]).all():
         out = out.drop(columns=["transcript_source"])
+    if (out["corpus_label"] == out["label"]).all():  # reads back as label: same bytes as before the column
+        out = out.drop(columns=["corpus_label"])
     meta = {"emoflow.manifest.schema": SCHEMA_VERSION}
     if metadata:
         try:

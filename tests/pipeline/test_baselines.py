@@ -139,3 +139,24 @@ def test_cache_in_memory_changes_nothing_but_speed(tmp_path):
                        train_params={"epochs": 2, "seed": 0, "cache_in_memory": c}, log=lambda s: None)
             for c in (False, True)]
     assert runs[0].predictions == runs[1].predictions and runs[0].history == runs[1].history
+
+
+def test_a_models_label_map_reads_corpus_labels_and_drops_the_rest(tmp_path):
+    """Paper E's protocol on IEMOCAP: excited as happy, happy dropped — per model, from the corpus labels."""
+    from pipeline.flows import apply_label_map, label_mapping
+    from pipeline.manifest import read_manifest
+
+    m, folds, _ = _corpus(tmp_path, n=32)
+    m["corpus_label"] = ["exc" if (lab == "hap" and (i // 4) % 2) else lab for i, lab in enumerate(m["label"])]
+    write_manifest(m, tmp_path / "manifest.parquet")
+    back = read_manifest(tmp_path / "manifest.parquet")
+    assert list(back["corpus_label"]) == list(m["corpus_label"])  # kept on disk when it differs from label
+    paper_e = {"neu": "neu", "exc": "hap", "ang": "ang", "sad": "sad"}
+    m2, f2 = apply_label_map(back, folds, paper_e)
+    assert set(m2["corpus_label"]) == {"neu", "exc", "ang", "sad"} and set(m2["label"]) == {"neu", "hap", "ang", "sad"}
+    assert set(f2["utt_id"]) == set(m2["utt_id"]) and f2.groupby("fold").size().nunique() == 1
+    assert label_mapping(m2) == dict(sorted(paper_e.items()))
+    assert label_mapping(back)["exc"] == "hap" and label_mapping(back)["hap"] == "hap"  # the global 4-class map
+    plain = m.drop(columns="corpus_label")
+    write_manifest(plain, tmp_path / "plain.parquet")
+    assert list(read_manifest(tmp_path / "plain.parquet")["corpus_label"]) == list(plain["label"])
