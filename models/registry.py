@@ -117,7 +117,8 @@ class Requirements:
     ``inputs``: batch key → feature-store name (after ``inputs`` swaps and options such as RLC's ``use_text``);
     ``features``: the distinct feature files; ``fold_plan``: the section's ``fold_plan`` or the paper's;
     ``config``: the model-config overrides; ``train``: the section's per-model training overrides;
-    ``swapped``: the inputs that are not the paper's.
+    ``swapped``: the inputs that are not the paper's; ``label_map``: the section's corpus-label → class map
+    (None: the manifest's labels).
     """
 
     model: str
@@ -127,6 +128,7 @@ class Requirements:
     config: dict[str, Any]
     train: dict[str, Any]
     swapped: dict[str, str]
+    label_map: dict[str, str] | None = None
 
 
 def requirements(name: str, section: dict[str, Any] | None = None) -> Requirements:
@@ -139,10 +141,12 @@ def requirements(name: str, section: dict[str, Any] | None = None) -> Requiremen
     sec = dict(section or {})
     train = dict(sec.pop("train", None) or {})
     plan = sec.pop("fold_plan", None) or info.fold_plan
+    label_map = sec.pop("label_map", None)
     swapped = dict(sec.get("inputs") or {})
     inputs = info.inputs_for(**sec)
     return Requirements(model=name, inputs=inputs, features=sorted(dict.fromkeys(inputs.values())),
-                        fold_plan=str(plan), config={k: v for k, v in sec.items()}, train=train, swapped=swapped)
+                        fold_plan=str(plan), config={k: v for k, v in sec.items()}, train=train, swapped=swapped,
+                        label_map=dict(label_map) if label_map else None)
 
 
 
