@@ -34,6 +34,7 @@ except ImportError:  # run as a file (python benchmarks/accuracy.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("classical", "probe")
+ABLATION_KIND = "paper recipe (normalize, class weights off)"
 
 
 def machine_info() -> dict[str, Any]:
@@ -107,11 +108,36 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
     return {"models": out, "extract_s": timings, "failed": failed}
 
 
-def summarise(model: str, run: dict[str, Any], baseline_ua: float | None) -> dict[str, Any]:
+def run_ablation(params_path: Path, workdir: Path, models: list[str]) -> dict[str, dict[str, Any]]:
+    """``models`` again with the small-corpus settings off (``normalize``/``class_weights`` back to the papers'
+    None), same folds and features, results under ``<workdir>/results-paper-recipe``."""
+    import yaml
+
+    from pipeline import stages
+
+    params = yaml.safe_load(params_path.read_text())
+    params["train"].update(normalize=None, class_weights=None)
+    for m in models:
+        sec = (params.get("models") or {}).get(m) or {}
+        for k in ("normalize", "class_weights"):
+            (sec.get("train") or {}).pop(k, None)
+    ablation = workdir / "params.paper-recipe.yaml"
+    ablation.write_text(yaml.safe_dump(params, sort_keys=False))
+    data, out = workdir / "data", {}
+    for m in models:
+        t0 = time.perf_counter()
+        metrics = stages.train(ablation, m, data / "manifest.parquet", data / "folds", data / "features",
+                               workdir / "results-paper-recipe", storage_dir=workdir / ".emoflow",
+                               runs_dir=workdir / "runs")
+        out[m] = {"metrics": metrics, "wall_s": time.perf_counter() - t0}
+    return out
+
+
+def summarise(model: str, run: dict[str, Any], baseline_ua: float | None, kind: str | None = None) -> dict[str, Any]:
     m = run["metrics"]
     row = {
         "model": model,
-        "kind": "baseline" if model in BASELINES else "paper model",
+        "kind": kind or ("baseline" if model in BASELINES else "paper model"),
         "fold_plan": m["fold_plan"],
         "n_folds": m["n_folds"],
         **{k: {"pooled": m[k]["pooled"] / 100, "mean": m[k]["mean"] / 100, "std": m[k]["std"] / 100}
@@ -137,6 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--models", nargs="*", help="default: train.models of the params file")
     ap.add_argument("--workdir", default=".emoflow/bench-ravdess")
     ap.add_argument("--out", default="benchmarks/results/accuracy_ravdess.json")
+    ap.add_argument("--ablate", nargs="*", default=[], metavar="MODEL",
+                    help="also train these with normalize/class_weights off (the papers' recipe), same folds")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
     args = ap.parse_args(argv)
     if args.table:
@@ -151,10 +181,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "classical" in models:  # the reference row first, so every other row can say how far it is from it
         models = ["classical"] + [m for m in models if m != "classical"]
     t0 = time.perf_counter()
+    out = Path(args.out)
+    if args.append:
+        result = json.loads(out.read_text())
+        base_ua = next((r["ua"]["pooled"] for r in result["rows"] if r["model"] == "classical"), None)
+        abl = run_ablation(params_path, workdir, list(args.ablate))
+        result["rows"] += [summarise(m, abl[m], base_ua, kind=ABLATION_KIND) for m in abl]
+        result["ablation_wall_s"] = time.perf_counter() - t0
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(markdown_table(result))
+        return result
     runs = run_pipeline(params_path, workdir, models)
     base = runs["models"].get("classical")
     base_ua = base["metrics"]["ua"]["pooled"] / 100 if base else None
     rows = [summarise(m, runs["models"][m], base_ua) for m in models if m in runs["models"]]
+    if args.ablate:
+        abl = run_ablation(params_path, workdir, list(args.ablate))
+        rows += [summarise(m, abl[m], base_ua, kind=ABLATION_KIND) for m in abl]
     result = {
         "benchmark": "accuracy on real speech, pooled over speaker-independent folds",
         "params_file": str(params_file),
@@ -166,7 +209,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "failed": runs["failed"],
         "note": "numbers on this corpus are never comparable to the papers' IEMOCAP numbers",
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(markdown_table(result))

@@ -56,9 +56,10 @@ def text_sha256(text: str | None) -> str:
     return hashlib.sha256((text or "").encode("utf-8")).hexdigest()
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` (absent ones left out)."""
     out = {}
-    for pkg in _PACKAGES:
+    for pkg in packages:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out

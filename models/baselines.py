@@ -83,7 +83,7 @@ class ClassicalLR(PaperModel):
         """Fit scaler + logistic regression for every C of ``c_grid`` on ``(x, y)``, keep the one with the best
         validation ``select_on`` (``ua`` or ``wa``), load it into this module; returns the selection record."""
         from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import balanced_accuracy_score, accuracy_score
+        from sklearn.metrics import accuracy_score, balanced_accuracy_score
         from sklearn.preprocessing import StandardScaler
 
         score_fn = balanced_accuracy_score if select_on == "ua" else accuracy_score

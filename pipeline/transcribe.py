@@ -27,7 +27,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from features.audio import AudioConfig
+from features.store import package_versions
 from features.whisper import DEFAULT_MODEL
 from pipeline.manifest import ManifestError
 from pipeline.params import ParamsError, expect
@@ -229,7 +229,7 @@ class AsrCache:
                 f.attrs["config"] = "" if config is None else json.dumps(config.to_dict(), sort_keys=True)
                 f.attrs["config_hash"] = "" if config is None else config.config_hash
                 f.attrs["code_version"] = _code_version()
-                f.attrs["packages"] = json.dumps(_package_versions(), sort_keys=True)
+                f.attrs["packages"] = json.dumps(package_versions(_PACKAGES), sort_keys=True)
                 f.attrs["n_utts"] = len(ids)
                 f.create_dataset("utt_id", data=np.array(ids, dtype=object), dtype=s)
                 for name, get in (("source_sha256", lambda e: e.source_sha256), ("text", lambda e: e.text),
@@ -289,14 +289,6 @@ def ensure_asr_cache(path: str | os.PathLike) -> Path:
             if not cache.path.exists():
                 cache.write(None, {})
     return cache.path
-
-
-def _package_versions() -> dict[str, str]:
-    out = {}
-    for pkg in _PACKAGES:
-        with contextlib.suppress(_md.PackageNotFoundError):
-            out[pkg] = _md.version(pkg)
-    return out
 
 
 def _code_version() -> str:
