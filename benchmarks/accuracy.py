@@ -34,7 +34,6 @@ except ImportError:  # run as a file (python benchmarks/accuracy.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("classical", "probe")
-ABLATION_KIND = "paper recipe (normalize, class weights off)"
 
 
 def machine_info() -> dict[str, Any]:
@@ -108,26 +107,34 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
     return {"models": out, "extract_s": timings, "failed": failed}
 
 
-def run_ablation(params_path: Path, workdir: Path, models: list[str]) -> dict[str, dict[str, Any]]:
-    """``models`` again with the small-corpus settings off (``normalize``/``class_weights`` back to the papers'
-    None), same folds and features, results under ``<workdir>/results-paper-recipe``."""
+#: variant name → (row kind, train-section changes): the same models, folds and features, one setting changed
+VARIANTS = {
+    "paper-recipe": ("paper recipe (normalize, class weights off)", {"normalize": None, "class_weights": None}),
+    "closed-form": ("closed-form fit (train.fit: sklearn)", {"fit": "sklearn"}),
+}
+
+
+def run_variant(params_path: Path, workdir: Path, models: list[str], variant: str) -> dict[str, dict[str, Any]]:
+    """``models`` again with :data:`VARIANTS` ``[variant]`` applied to the train section (and removed from the
+    models' own train overrides), results under ``<workdir>/results-<variant>``."""
     import yaml
 
     from pipeline import stages
 
+    changes = VARIANTS[variant][1]
     params = yaml.safe_load(params_path.read_text())
-    params["train"].update(normalize=None, class_weights=None)
+    params["train"].update(changes)
     for m in models:
         sec = (params.get("models") or {}).get(m) or {}
-        for k in ("normalize", "class_weights"):
+        for k in changes:
             (sec.get("train") or {}).pop(k, None)
-    ablation = workdir / "params.paper-recipe.yaml"
-    ablation.write_text(yaml.safe_dump(params, sort_keys=False))
+    path = workdir / f"params.{variant}.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
     data, out = workdir / "data", {}
     for m in models:
         t0 = time.perf_counter()
-        metrics = stages.train(ablation, m, data / "manifest.parquet", data / "folds", data / "features",
-                               workdir / "results-paper-recipe", storage_dir=workdir / ".emoflow",
+        metrics = stages.train(path, m, data / "manifest.parquet", data / "folds", data / "features",
+                               workdir / f"results-{variant}", storage_dir=workdir / ".emoflow",
                                runs_dir=workdir / "runs")
         out[m] = {"metrics": metrics, "wall_s": time.perf_counter() - t0}
     return out
@@ -165,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default="benchmarks/results/accuracy_ravdess.json")
     ap.add_argument("--ablate", nargs="*", default=[], metavar="MODEL",
                     help="also train these with normalize/class_weights off (the papers' recipe), same folds")
+    ap.add_argument("--closed-form", nargs="*", default=[], metavar="MODEL",
+                    help="also fit these in closed form (train.fit: sklearn; the probe's linear-probe recipe)")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
@@ -185,9 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.append:
         result = json.loads(out.read_text())
         base_ua = next((r["ua"]["pooled"] for r in result["rows"] if r["model"] == "classical"), None)
-        abl = run_ablation(params_path, workdir, list(args.ablate))
-        result["rows"] += [summarise(m, abl[m], base_ua, kind=ABLATION_KIND) for m in abl]
-        result["ablation_wall_s"] = time.perf_counter() - t0
+        result["rows"] += variant_rows(params_path, workdir, args, base_ua)
+        result["variants_wall_s"] = time.perf_counter() - t0
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(markdown_table(result))
         return result
@@ -195,9 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = runs["models"].get("classical")
     base_ua = base["metrics"]["ua"]["pooled"] / 100 if base else None
     rows = [summarise(m, runs["models"][m], base_ua) for m in models if m in runs["models"]]
-    if args.ablate:
-        abl = run_ablation(params_path, workdir, list(args.ablate))
-        rows += [summarise(m, abl[m], base_ua, kind=ABLATION_KIND) for m in abl]
+    rows += variant_rows(params_path, workdir, args, base_ua)
     result = {
         "benchmark": "accuracy on real speech, pooled over speaker-independent folds",
         "params_file": str(params_file),
@@ -214,6 +220,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown_table(result))
     print(f"→ {out}")
     return result
+
+
+def variant_rows(params_path: Path, workdir: Path, args, base_ua: float | None) -> list[dict[str, Any]]:
+    rows = []
+    for variant, models in (("paper-recipe", args.ablate), ("closed-form", args.closed_form)):
+        if models:
+            runs = run_variant(params_path, workdir, list(models), variant)
+            rows += [summarise(m, runs[m], base_ua, kind=VARIANTS[variant][0]) for m in runs]
+    return rows
 
 
 def markdown_table(result: dict[str, Any]) -> str:

@@ -78,40 +78,51 @@ class ClassicalLR(PaperModel):
         """``x`` ``(B, input_dim)`` → logits ``(B, num_classes)``."""
         return self.linear((x - self.mean) / self.scale)
 
+    def features_for_fit(self, x: torch.Tensor) -> torch.Tensor:
+        """What the closed-form fit sees: the raw vector ``(B, input_dim)`` (standardised inside the fit)."""
+        return x
+
     def fit_arrays(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                    select_on: str = "ua") -> dict:
         """Fit scaler + logistic regression for every C of ``c_grid`` on ``(x, y)``, keep the one with the best
         validation ``select_on`` (``ua`` or ``wa``), load it into this module; returns the selection record."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import accuracy_score, balanced_accuracy_score
-        from sklearn.preprocessing import StandardScaler
-
-        score_fn = balanced_accuracy_score if select_on == "ua" else accuracy_score
-        scaler = StandardScaler().fit(x)
-        xs, xv = scaler.transform(x), scaler.transform(x_val)
-        best = None
-        history = []
-        for c in self.config.c_grid:
-            clf = LogisticRegression(C=float(c), max_iter=int(self.config.max_iter),
-                                     class_weight=self.config.class_weight)
-            clf.fit(xs, y)
-            score = float(score_fn(y_val, clf.predict(xv)))
-            history.append({"C": float(c), f"val_{select_on}": score})
-            if best is None or score > best[0]:
-                best = (score, float(c), clf)
-        assert best is not None
-        _, c, clf = best
-        # sklearn drops classes absent from the training split; keep every output (absent → -inf-like bias)
-        w = np.zeros((self.num_classes, x.shape[1]))
-        b = np.full(self.num_classes, -1e4)
-        w[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_[0], clf.coef_[0]]) / 2
-        b[clf.classes_] = clf.intercept_ if len(clf.classes_) > 2 else np.array([-1, 1]) * clf.intercept_[0] / 2
+        w, b, mean, scale, record = fit_logistic(x, y, x_val, y_val, self.num_classes, self.config, select_on)
         with torch.no_grad():
-            self.mean.copy_(torch.as_tensor(scaler.mean_, dtype=torch.float32))
-            self.scale.copy_(torch.as_tensor(np.where(scaler.scale_ > 0, scaler.scale_, 1.0), dtype=torch.float32))
+            self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            self.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
             self.linear.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
             self.linear.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
-        return {"C": c, "grid": history}
+        return record
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int, config,
+                 select_on: str = "ua"):
+    """StandardScaler + multinomial logistic regression (scikit-learn, L-BFGS) for each C of ``config.c_grid``;
+    the C with the best validation score wins. Returns ``(W (C, D), b (C,), mean (D,), scale (D,), record)``;
+    classes absent from the training split get a bias of -1e4 (never predicted)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+    from sklearn.preprocessing import StandardScaler
+
+    score_fn = balanced_accuracy_score if select_on == "ua" else accuracy_score
+    scaler = StandardScaler().fit(x)
+    xs, xv = scaler.transform(x), scaler.transform(x_val)
+    best, history = None, []
+    for c in config.c_grid:
+        clf = LogisticRegression(C=float(c), max_iter=int(config.max_iter), class_weight=config.class_weight)
+        clf.fit(xs, y)
+        score = float(score_fn(y_val, clf.predict(xv)))
+        history.append({"C": float(c), f"val_{select_on}": score})
+        if best is None or score > best[0]:
+            best = (score, float(c), clf)
+    assert best is not None
+    _, c, clf = best
+    w = np.zeros((num_classes, x.shape[1]))
+    b = np.full(num_classes, -1e4)
+    w[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_[0], clf.coef_[0]]) / 2
+    b[clf.classes_] = clf.intercept_ if len(clf.classes_) > 2 else np.array([-1, 1]) * clf.intercept_[0] / 2
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    return w, b, scaler.mean_, scale, {"C": c, "grid": history}
 
 
 # ----------------------------------------------------------------------------------------------- probe
@@ -130,6 +141,11 @@ class ProbeConfig:
     hidden: int = 256
     dropout: float = 0.2
     feature: str = "whisper"
+    #: `train.fit: sklearn` only (linear head): the pooled statistics of the layer mean, standardised, logistic
+    #: regression with C chosen on validation (the EmoBox/linear-probe recipe fitted to convergence)
+    c_grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+    class_weight: str | None = "balanced"
+    max_iter: int = 5000
 
 
 @register_model(
@@ -187,6 +203,25 @@ class Probe(PaperModel):
 
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, T, L, H)`` (or ``(B, T, H)``), ``x_mask`` ``(B, T)`` True = pad → logits ``(B, C)``."""
+        return self.head(self.dropout(self.pool(x, x_mask)))
+
+    def features_for_fit(self, x: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled statistics ``(B, pooled)`` the closed-form fit uses (layer weights as they are: uniform)."""
+        return self.pool(x, x_mask)
+
+    def fit_arrays(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                   select_on: str = "ua") -> dict:
+        """``fit: sklearn``: logistic regression on pooled statistics; the scaler is folded into the linear head."""
+        if not isinstance(self.head, nn.Linear):
+            raise ValueError("probe: fit: sklearn needs head: linear")
+        w, b, mean, scale, record = fit_logistic(x, y, x_val, y_val, self.num_classes, self.config, select_on)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(w / scale, dtype=torch.float32))
+            self.head.bias.copy_(torch.as_tensor(b - (w / scale) @ mean, dtype=torch.float32))
+        return record
+
+    def pool(self, x: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted layer sum, then pooling over the valid frames → ``(B, pooled)``."""
         if x.dim() == 4:
             x = (x * self.layer_weights().view(1, 1, -1, 1)).sum(dim=2)
         if self.attention is not None:
@@ -199,4 +234,4 @@ class Probe(PaperModel):
             if self.config.pooling == "meanstd":
                 sq = masked_mean(x * x, x_mask)
                 pooled = torch.cat([pooled, (sq - pooled * pooled).clamp_min(1e-6).sqrt()], dim=-1)
-        return self.head(self.dropout(pooled))
+        return pooled

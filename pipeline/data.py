@@ -229,7 +229,7 @@ def add_power_noise_db(x: np.ndarray, snr_db: float, rng: np.random.Generator) -
 
 # ----------------------------------------------------------------------------------------------- normalisation
 
-NORMALIZE_MODES = (None, "fold", "utterance")
+NORMALIZE_MODES = (None, "none", "fold", "utterance")  # "none" switches a model's default off (null keeps it)
 
 
 @dataclass
@@ -273,7 +273,7 @@ def fit_normalizer(mode: str | None, readers: Mapping[str, FeatureReader], views
     """
     if mode not in NORMALIZE_MODES:
         raise DataError(f"train setting normalize must be null, 'fold' or 'utterance', got {mode!r}")
-    if mode is None:
+    if mode in (None, "none"):
         return None
     stats = {}
     for key, view in views.items():

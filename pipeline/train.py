@@ -553,23 +553,30 @@ def fit_epoch(model, loader, opt, cfg, st: LoopState, device, amp: bool, scaler,
     return n_seen, loss_sum, False
 
 
-def _stack_split(ds: FeatureDataset, key: str) -> tuple[np.ndarray, np.ndarray]:
-    items = [ds[i] for i in range(len(ds))]
-    return np.stack([it[key] for it in items]), np.asarray([it["label"] for it in items])
+@torch.no_grad()
+def _fit_arrays(model, ds: FeatureDataset, data: FoldData, cfg, device) -> tuple[np.ndarray, np.ndarray]:
+    """``(model.features_for_fit(batch) for the whole split, labels)`` — the model's own view of its inputs."""
+    model.eval()
+    xs, ys = [], []
+    for batch in _loader(ds, data, cfg, shuffle=False, seed=0):
+        xs.append(model.features_for_fit(**_model_inputs(batch, device)).double().cpu().numpy())
+        ys.append(batch["label"].numpy())
+    return np.concatenate(xs), np.concatenate(ys)
 
 
-def fit_closed_form(model, ds: dict[str, FeatureDataset], cfg: Mapping[str, Any], where: str) -> LoopState:
-    """``fit: sklearn``: the model's ``fit_arrays`` on the training split, selected on validation (one input)."""
+def fit_closed_form(model, ds: dict[str, FeatureDataset], data: FoldData, cfg: Mapping[str, Any], device,
+                    where: str) -> LoopState:
+    """``fit: sklearn``: the model's ``fit_arrays`` on the training split, selected on validation."""
     if not hasattr(model, "fit_arrays"):
-        raise TrainError(f"{where}: fit: sklearn needs a model with fit_arrays (the classical baseline); "
-                         "use fit: gradient")
-    keys = list(ds["train"].views)
-    if len(keys) != 1 or ds["train"].views[keys[0]].kind != "vector":
-        raise TrainError(f"{where}: fit: sklearn takes exactly one vector input, got {keys}")
-    x, y = _stack_split(ds["train"], keys[0])
-    xv, yv = _stack_split(ds["val"], keys[0])
+        raise TrainError(f"{where}: fit: sklearn needs a model with fit_arrays (the classical baseline, the "
+                         "probe); use fit: gradient")
     t0 = time.perf_counter()
-    record = model.fit_arrays(x, y, xv, yv, select_on=cfg["select_on"].removeprefix("val_"))
+    x, y = _fit_arrays(model, ds["train"], data, cfg, device)
+    xv, yv = _fit_arrays(model, ds["val"], data, cfg, device)
+    try:
+        record = model.fit_arrays(x, y, xv, yv, select_on=cfg["select_on"].removeprefix("val_"))
+    except ValueError as e:
+        raise TrainError(f"{where}: {e}") from None
     hist = [{"epoch": 1, "selected": float(g["C"] == record["C"]), **g} for g in record["grid"]]
     return LoopState(epoch=1, step=1, best_score=0.0, best_epoch=1, history=hist, train_samples=len(y),
                      train_time=time.perf_counter() - t0)
@@ -598,7 +605,7 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
     val_loader = _loader(ds["val"], data, cfg, shuffle=False, seed=0)
     resumed_from = 0
     if cfg["fit"] == "sklearn":
-        st = fit_closed_form(model, ds, cfg, where)
+        st = fit_closed_form(model, ds, data, cfg, device, where)
         best_state = _cpu_state(model)
         chosen = next(h for h in st.history if h["selected"])
         log(f"{where}: fitted in closed form; validation selected {chosen}")

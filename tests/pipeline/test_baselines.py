@@ -160,3 +160,32 @@ def test_a_models_label_map_reads_corpus_labels_and_drops_the_rest(tmp_path):
     plain = m.drop(columns="corpus_label")
     write_manifest(plain, tmp_path / "plain.parquet")
     assert list(read_manifest(tmp_path / "plain.parquet")["corpus_label"]) == list(plain["label"])
+
+
+def test_probe_closed_form_fit_equals_logistic_regression_on_pooled_statistics(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    m, folds, rng = _corpus(tmp_path, n=64)
+    arrays = {}
+    for u, lab in zip(m["utt_id"], m["label"], strict=True):
+        a = rng.normal(size=(int(rng.integers(6, 12)), 2, 4)).astype(np.float32)
+        a[:, 1, LABELS.index(lab)] += 1.5
+        arrays[u] = a
+    _store(tmp_path, "whisper", arrays, frame_shift=0.02)
+    r = train_fold("probe", 0, manifest=m, folds=folds, features_dir=tmp_path / "features",
+                   model_params={"c_grid": [0.1]}, train_params={"fit": "sklearn", "normalize": "none", "seed": 0},
+                   log=lambda s: None)
+    # the same recipe by hand: mean+std over frames of the layer mean, standardised, LR(C=0.1, balanced)
+    def pooled(u):
+        a = arrays[u].astype(np.float64).mean(axis=1)
+        return np.concatenate([a.mean(0), a.std(0)])
+    split = folds[folds.fold == 0].set_index("utt_id")["split"]
+    tr = [u for u in m["utt_id"] if split[u] == "train"]
+    sc = StandardScaler().fit([pooled(u) for u in tr])
+    clf = LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced").fit(
+        sc.transform([pooled(u) for u in tr]), [LABELS.index(lab) for lab in m.set_index("utt_id").loc[tr, "label"]])
+    te = r.predictions["utt_id"]
+    ref = clf.predict_proba(sc.transform([pooled(u) for u in te]))
+    ours = np.stack([r.predictions[f"prob_{lab}"] for lab in sorted(LABELS)], axis=1)
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
