@@ -176,17 +176,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="also fit these in closed form (train.fit: sklearn; the probe's linear-probe recipe)")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
+    ap.add_argument("--only-variants", action="store_true",
+                    help="train only the --ablate/--closed-form runs (merge them into the main JSON with --merge)")
+    ap.add_argument("--merge", nargs=2, metavar=("MAIN", "EXTRA"),
+                    help="append EXTRA's rows (a run over the same workspace and folds) to MAIN and exit")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
         return {}
+    if args.merge:
+        return merge_results(Path(args.merge[0]), Path(args.merge[1]))
     import yaml
 
     params_file = Path(args.params)
     workdir = Path(args.workdir).resolve()
     params_path = prepare_workspace(params_file, workdir)
-    models = args.models or list(yaml.safe_load(params_path.read_text())["train"]["models"])
+    models = [] if args.only_variants else (
+        args.models or list(yaml.safe_load(params_path.read_text())["train"]["models"]))
     if "classical" in models:  # the reference row first, so every other row can say how far it is from it
         models = ["classical"] + [m for m in models if m != "classical"]
     t0 = time.perf_counter()
@@ -220,6 +227,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown_table(result))
     print(f"→ {out}")
     return result
+
+
+def merge_results(main_path: Path, extra_path: Path) -> dict[str, Any]:
+    """Rows of ``extra`` (same workspace, same folds) appended to ``main``; Δ UA recomputed against main's
+    classical row; ``extra``'s machine and wall time kept under ``runs``."""
+    main, extra = json.loads(main_path.read_text()), json.loads(extra_path.read_text())
+    if main["corpus_root"] != extra["corpus_root"] or main["params_file"] != extra["params_file"]:
+        raise SystemExit(f"{extra_path}: another corpus or params file than {main_path}; not merged")
+    base = next((r["ua"]["pooled"] for r in main["rows"] if r["model"] == "classical"), None)
+    for r in extra["rows"]:
+        if base is not None:
+            r["ua_minus_classical"] = r["ua"]["pooled"] - base
+        main["rows"].append(r)
+    main.setdefault("runs", []).append({"file": extra_path.name, "total_wall_s": extra["total_wall_s"],
+                                        "machine": extra["machine"]})
+    main_path.write_text(json.dumps(main, indent=2, default=str) + "\n")
+    print(markdown_table(main))
+    return main
 
 
 def variant_rows(params_path: Path, workdir: Path, args, base_ua: float | None) -> list[dict[str, Any]]:
