@@ -140,6 +140,14 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
     return out
 
 
+def collect_results(out_dir: Path) -> dict[str, Any]:
+    """A model's finished cross-validation as the flow wrote it (``metrics.json`` + ``run.json``)."""
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    run = json.loads((out_dir / "run.json").read_text())
+    metrics.update({k: run.get(k) for k in ("train", "model_params", "code_version")})
+    return {"metrics": metrics, "wall_s": metrics.get("runtime_s"), "collected_from": str(out_dir)}
+
+
 def summarise(model: str, run: dict[str, Any], baseline_ua: float | None, kind: str | None = None) -> dict[str, Any]:
     m = run["metrics"]
     row = {
@@ -176,6 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="also fit these in closed form (train.fit: sklearn; the probe's linear-probe recipe)")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
+    ap.add_argument("--collect", nargs="*", default=[], metavar="MODEL",
+                    help="take these models' rows from the workspace's results/<model>/ (metrics.json + run.json "
+                         "written by an earlier, interrupted run of this benchmark) instead of training them")
     ap.add_argument("--only-variants", action="store_true",
                     help="train only the --ablate/--closed-form runs (merge them into the main JSON with --merge)")
     ap.add_argument("--merge", nargs=2, metavar=("MAIN", "EXTRA"),
@@ -206,7 +217,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(markdown_table(result))
         return result
-    runs = run_pipeline(params_path, workdir, models)
+    runs = run_pipeline(params_path, workdir, [m for m in models if m not in args.collect])
+    for m in args.collect:
+        runs["models"][m] = collect_results(workdir / "results" / m)
     base = runs["models"].get("classical")
     base_ua = base["metrics"]["ua"]["pooled"] / 100 if base else None
     rows = [summarise(m, runs["models"][m], base_ua) for m in models if m in runs["models"]]
