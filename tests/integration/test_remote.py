@@ -96,8 +96,9 @@ def test_pull_for_model_fetches_exactly_the_models_inputs(shared, tmp_path):
 
 def test_pull_errors_name_the_fix(shared, tmp_path):
     clone1, _ = shared
-    # ks_transformer reads wav2vec2 + roberta, which this project does not extract
-    with pytest.raises(rm.RemoteError, match=r"folds@loso.*extract@roberta.*extract\.features.*extract@wav2vec2"):
+    # ks_transformer reads whisper (params.yaml swaps its wav2vec2 input; the resolver honours the swap) + roberta,
+    # which this project does not extract
+    with pytest.raises(rm.RemoteError, match=r"folds@loso.*extract@roberta.*extract\.features.*extract@whisper"):
         rm.targets_for_model("ks_transformer", repo=clone1)
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         rm.targets_for_model("nope", repo=clone1)
@@ -263,7 +264,8 @@ def test_ssh_remote_push_and_pull(dvc_project, sshd, tmp_path):
 
     rm.push_targets([f"extract@{FEATURE}", "manifest", f"folds@{PLAN}"], repo=clone1)
     pushed = [p for p in (store / "files" / "md5").rglob("*") if p.is_file()]
-    assert len(pushed) == 3, pushed  # exactly the three outputs, over SFTP
+    # exactly the stages' outputs, over SFTP: the feature, the fold plan, the manifest and its (empty) ASR cache
+    assert len(pushed) == 4, pushed
     assert "Accepted publickey for root" in sshd["log"].read_text()
 
     # the teammate: a fresh clone has the remote but not the credentials, and sets their own
