@@ -35,10 +35,12 @@ bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.train
 
 # Accuracy on real speech (RAVDESS, ../shared/corpora/ravdess): every model of params.ravdess.yaml and the
-# baselines through the pipeline's stages, same folds, one run (about an hour on 2 cores; resumes if interrupted).
+# baselines through the pipeline's stages, same folds, one run, plus the closed-form probe and two papers'-recipe
+# ablations on the same folds (2+ hours of CPU on 2 cores; resumes if interrupted: finished folds are cached).
 bench-accuracy: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) OMP_WAIT_POLICY=PASSIVE \
-		$(BIN)/python -m benchmarks.accuracy --params params.ravdess.yaml
+		$(BIN)/python -m benchmarks.accuracy --params params.ravdess.yaml --closed-form probe \
+		--ablate head_fusion cnn_transformer
 
 lint: $(STAMP)
 	$(BIN)/ruff check features models pipeline tests benchmarks
