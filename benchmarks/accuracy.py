@@ -92,19 +92,30 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
         t0 = time.perf_counter()
         stages.extract(params_path, feat, manifest, data / "features" / f"{feat}.h5", progress=False)
         timings[feat] = time.perf_counter() - t0
+    out, failed = train_models(params_path, workdir, models, workdir / "results")
+    return {"models": out, "extract_s": timings, "failed": failed}
+
+
+def train_models(params_path: Path, workdir: Path, models: list[str],
+                 results_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The ``train`` stage for each model (the cross_validate flow); ``(metrics and wall time per model,
+    failures)`` — one broken model must not cost the others' hour: it is recorded and the loop goes on."""
+    from pipeline import stages
+
+    data = workdir / "data"
     out: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     for m in models:
         t0 = time.perf_counter()
         try:
-            metrics = stages.train(params_path, m, manifest, data / "folds", data / "features",
-                                   workdir / "results", storage_dir=workdir / ".emoflow", runs_dir=workdir / "runs")
-        except Exception as e:  # one broken model must not cost the others' hour: record it, go on
+            metrics = stages.train(params_path, m, data / "manifest.parquet", data / "folds", data / "features",
+                                   results_dir, storage_dir=workdir / ".emoflow", runs_dir=workdir / "runs")
+        except Exception as e:
             failed[m] = f"{type(e).__name__}: {e}"
             print(f"[benchmark] {m} FAILED: {failed[m]}", flush=True)
             continue
         out[m] = {"metrics": metrics, "wall_s": time.perf_counter() - t0}
-    return {"models": out, "extract_s": timings, "failed": failed}
+    return out, failed
 
 
 #: variant name → (row kind, train-section changes): the same models, folds and features, one setting changed
@@ -119,8 +130,6 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
     models' own train overrides), results under ``<workdir>/results-<variant>``."""
     import yaml
 
-    from pipeline import stages
-
     changes = VARIANTS[variant][1]
     params = yaml.safe_load(params_path.read_text())
     params["train"].update(changes)
@@ -130,13 +139,9 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
             (sec.get("train") or {}).pop(k, None)
     path = workdir / f"params.{variant}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    data, out = workdir / "data", {}
-    for m in models:
-        t0 = time.perf_counter()
-        metrics = stages.train(path, m, data / "manifest.parquet", data / "folds", data / "features",
-                               workdir / f"results-{variant}", storage_dir=workdir / ".emoflow",
-                               runs_dir=workdir / "runs")
-        out[m] = {"metrics": metrics, "wall_s": time.perf_counter() - t0}
+    out, failed = train_models(path, workdir, models, workdir / f"results-{variant}")
+    if failed:
+        raise SystemExit(f"variant {variant}: {failed}")
     return out
 
 

@@ -508,7 +508,6 @@ def cross_validate(
     manifest, plan_df = apply_label_map(*load_inputs(manifest_path, folds_path), label_map)
     from pipeline.folds import plan_hash
 
-    model_params = dict(model_params or {})
     train_cfg = resolve_train_config(info.train, train_params)
     all_folds = sorted(int(f) for f in plan_df["fold"].unique())
     run_folds = all_folds if folds is None else [f for f in all_folds if f in set(folds)]
