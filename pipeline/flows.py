@@ -532,11 +532,13 @@ def cross_validate(
 
     runner = make_task_runner(task_runner, max_workers, dask_address)
     fold_results: list[dict[str, Any]] = []
+    checkpoint_dirs: dict[str, str] = {}
     with runner:
         futures = []
         for f in run_folds:
             key = fold_cache_key(model, f, manifest=manifest, folds=plan_df, features_dir=features_dir,
                                  model_params=resolved_params, train_cfg=train_cfg, labels=labels, code=code)
+            checkpoint_dirs[str(f)] = str(Path(checkpoint_root) / model / key)  # what `emoflow predict` loads
             t = train_fold_task.with_options(
                 task_run_name=f"{model}-fold{f}",
                 result_storage=result_storage,
@@ -611,6 +613,7 @@ def cross_validate(
         "prefect_api_url": os.environ.get("PREFECT_API_URL") or None,
         "parameters": _jsonable(dict(flow_run.parameters or {})),
         "cached_folds": cached,
+        "checkpoints": checkpoint_dirs,
     }
     if results_dir:
         paths = write_results(Path(results_dir) / model, out, preds)

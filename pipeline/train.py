@@ -607,6 +607,9 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
     if cfg["fit"] == "sklearn":
         st = fit_closed_form(model, ds, data, cfg, device, where)
         best_state = _cpu_state(model)
+        if ckpt is not None:  # the fitted scaler/weights are buffers: saved like a gradient fold's best epoch
+            ckpt.mkdir(parents=True, exist_ok=True)
+            _save_weights(ckpt / "best.safetensors", best_state, 1)
         chosen = next(h for h in st.history if h["selected"])
         log(f"{where}: fitted in closed form; validation selected {chosen}")
     else:
