@@ -234,6 +234,23 @@ def _mount_team_commands() -> None:
 _mount_team_commands()
 
 
+# --- statistical comparison (pipeline/compare.py) ----------------------------------------------------------
+@app.command("compare")
+def compare(a: str = typer.Argument(..., help="a model under --results, or a directory with predictions.parquet"),
+            b: str = typer.Argument(..., help="the same for the second run"),
+            results: Path = typer.Option(Path("results"), "--results", help="where model names are looked up"),
+            n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples"),
+            seed: int = typer.Option(0, "--seed"), as_json: bool = typer.Option(False, "--json")):
+    """Is A really better than B? UA intervals, paired bootstrap of the UA difference, McNemar on accuracy."""
+    from pipeline.compare import CompareError, compare_runs
+
+    try:
+        c, text = compare_runs(a, b, results, n_boot, seed)
+    except (CompareError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(json.dumps(c.to_dict(), indent=2) if as_json else text)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

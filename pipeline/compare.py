@@ -250,15 +250,19 @@ def render_significance(comparisons: list[Comparison], notes: list[str]) -> str:
 
 def load_run(path: str | Path) -> tuple[str, str, pd.DataFrame]:
     """``(name, plan key, predictions)`` of a results or run directory holding ``predictions.parquet`` (and
-    usually ``metrics.json``, whose ``plan_hash`` — else ``fold_plan`` — is the plan key)."""
+    usually ``run.json``/``metrics.json``, whose ``plan_hash`` — else ``fold_plan`` — is the plan key)."""
     d = Path(path)
     preds = d / "predictions.parquet"
     if not preds.is_file():
         raise FileNotFoundError(f"{preds}: no predictions (a results/<model>/ or runs/<model>/<run>/ directory "
                                 "written by `emoflow stage train` has one)")
     metrics: dict[str, Any] = {}
-    if (d / "metrics.json").is_file():
-        metrics = json.loads((d / "metrics.json").read_text())
+    for name in ("run.json", "metrics.json"):  # provenance sits in run.json, in metrics.json in older runs
+        if (d / name).is_file():
+            try:
+                metrics = {**metrics, **json.loads((d / name).read_text())}
+            except json.JSONDecodeError as e:
+                raise CompareError(f"{d / name}: unreadable ({e})") from None
     key = str(metrics.get("plan_hash") or metrics.get("fold_plan") or "unknown plan")
     return str(metrics.get("model") or d.name), key, pd.read_parquet(preds)
 

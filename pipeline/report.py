@@ -113,6 +113,10 @@ def write_report(results_dir: str | Path, out_md: str | Path) -> Path:
     """Write the report for every model under ``results_dir`` to ``out_md`` (atomic); returns its path."""
     results = load_results(results_dir)
     text = render_report(results) if results else "# emoflow results\n\nNo results yet: run `dvc repro`.\n"
+    if results:  # intervals and pairwise verdicts from the pooled test predictions (pipeline/compare.py)
+        from pipeline.compare import significance_markdown
+
+        text += significance_markdown(results_dir)
     out = Path(out_md)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

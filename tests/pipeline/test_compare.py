@@ -1,0 +1,146 @@
+"""Paired comparison of two models' pooled test predictions, against hand-computed cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+from typer.testing import CliRunner
+
+from pipeline import compare as C
+from pipeline.report import write_report
+
+
+def _frame(labels, preds, prefix="u"):
+    return pd.DataFrame({"utt_id": [f"{prefix}{i:03d}" for i in range(len(labels))], "fold": 0,
+                         "label": list(labels), "pred": list(preds)})
+
+
+def test_ua_by_hand_and_against_sklearn_on_resamples():
+    yt, (yp,), classes = C.encode(["a", "a", "a", "b"], ["a", "a", "a", "a"])
+    assert classes == ["a", "b"] and C.ua(yt, yp, 2) == 0.5  # recall a = 1, recall b = 0
+    rng = np.random.default_rng(1)
+    yt, yp = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    idx = C.bootstrap_indices(200, 5, seed=3)
+    got = C.ua_of_resamples(yt, yp, idx, 4)
+    want = [balanced_accuracy_score(yt[i], yp[i]) for i in idx]
+    np.testing.assert_allclose(got, want)
+
+
+def test_a_class_absent_from_a_resample_is_left_out_of_ua():
+    yt, yp = np.array([0, 0, 1]), np.array([0, 1, 1])
+    # resample 0 = utterances 0, 1, 0: only class 0, hits 1, 0, 1 → UA 2/3 (no NaN, no 0 for class 1);
+    # resample 1 has both classes (recalls 1/2 and 1)
+    got = C.ua_of_resamples(yt, yp, np.array([[0, 1, 0], [0, 1, 2]]), 2)
+    np.testing.assert_allclose(got, [2 / 3, 0.75])
+
+
+def test_a_predicted_class_outside_the_labels_counts_as_wrong():
+    yt, (yp,), classes = C.encode(["a", "b"], ["a", "zzz"])
+    assert classes == ["a", "b"] and yp.tolist() == [0, 2] and C.ua(yt, yp, 2) == 0.5
+
+
+def test_mcnemar_exact_by_hand():
+    # A right & B wrong once, A wrong & B right 5 times, 4 ties: p = 2 * P(X <= 1 | n=6, 1/2) = 2 * 7/64
+    a = np.array([1, 0, 0, 0, 0, 0, 1, 1, 0, 0], bool)
+    b = np.array([0, 1, 1, 1, 1, 1, 1, 1, 0, 0], bool)
+    assert C.mcnemar(a, b) == (1, 5, pytest.approx(14 / 64))
+    assert C.mcnemar(np.zeros(6, bool), np.ones(6, bool)) == (0, 6, pytest.approx(2 / 64))
+    assert C.mcnemar(a, a) == (0, 0, 1.0)
+
+
+def test_identical_predictions_give_zero_difference_not_resolved():
+    labels = list("abcd") * 25
+    preds = list(np.random.default_rng(0).choice(list("abcd"), 100))
+    c = C.compare_frames(_frame(labels, preds), _frame(labels, preds), ("x", "y"))
+    assert (c.ua_diff.point, c.ua_diff.lo, c.ua_diff.hi) == (0.0, 0.0, 0.0) and not c.ua_diff.resolved
+    assert (c.mcnemar_b, c.mcnemar_c, c.mcnemar_p) == (0, 0, 1.0)
+    assert "not resolved" in C.verdict(c)
+
+
+def test_always_right_vs_always_wrong_has_an_exact_interval():
+    labels = list("abc") * 10
+    wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
+    c = C.compare_frames(_frame(labels, labels), _frame(labels, wrong), ("good", "bad"))
+    # every resample: UA(good) = 1, UA(bad) = 0, so the difference and both intervals are exact
+    assert (c.ua_diff.point, c.ua_diff.lo, c.ua_diff.hi) == (1.0, 1.0, 1.0) and c.ua_diff.resolved
+    assert (c.ua_a.lo, c.ua_a.hi, c.ua_b.lo, c.ua_b.hi) == (1.0, 1.0, 0.0, 0.0)
+    assert c.wa_diff.lo == 1.0 and C.verdict(c).startswith("**good** is better than **bad**")
+    flipped = C.compare_frames(_frame(labels, wrong), _frame(labels, labels), ("bad", "good"))
+    assert C.verdict(flipped).startswith("**good** is better than **bad**: +100.0")
+
+
+def test_bootstrap_distribution_of_a_two_utterance_case():
+    # one class, hits [1, 0]: a resample's UA is 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4
+    samples = C.ua_of_resamples(np.array([0, 0]), np.array([0, 1]), C.bootstrap_indices(2, 4000, seed=5), 1)
+    freq = {v: np.mean(samples == v) for v in (0.0, 0.5, 1.0)}
+    assert freq[0.5] == pytest.approx(0.5, abs=0.03) and freq[0.0] == pytest.approx(0.25, abs=0.03)
+    i = C.ua_interval(np.array([0, 0]), np.array([0, 1]), 1, n_boot=4000, seed=5)
+    assert (i.point, i.lo, i.hi) == (0.5, 0.0, 1.0)
+
+
+def test_seeded_order_free_and_antisymmetric():
+    rng = np.random.default_rng(2)
+    labels = rng.choice(list("abcd"), 300)
+    pa = np.where(rng.random(300) < 0.6, labels, rng.choice(list("abcd"), 300))
+    pb = np.where(rng.random(300) < 0.5, labels, rng.choice(list("abcd"), 300))
+    fa, fb = _frame(labels, pa), _frame(labels, pb)
+    c1 = C.compare_frames(fa, fb, seed=7)
+    assert C.compare_frames(fa.sample(frac=1, random_state=1), fb.sample(frac=1, random_state=2), seed=7) == c1
+    assert C.compare_frames(fa, fb, seed=8).ua_diff != c1.ua_diff  # the seed is used
+    c2 = C.compare_frames(fb, fa, seed=7)
+    assert c2.ua_diff.point == pytest.approx(-c1.ua_diff.point)
+    assert (c2.ua_diff.lo, c2.ua_diff.hi) == pytest.approx((-c1.ua_diff.hi, -c1.ua_diff.lo))
+    assert c1.ua_a.lo < c1.ua_a.point < c1.ua_a.hi and c1.ua_diff.hi - c1.ua_diff.lo < 0.2
+
+
+def test_runs_over_different_utterances_or_labels_are_refused():
+    labels = list("ab") * 5
+    with pytest.raises(C.CompareError, match="same utterances"):
+        C.compare_frames(_frame(labels, labels), _frame(labels, labels, prefix="v"))
+    other = _frame(labels, labels)
+    other.loc[0, "label"] = "b"
+    with pytest.raises(C.CompareError, match="true label of 1 utterances"):
+        C.compare_frames(_frame(labels, labels), other)
+
+
+def _results(tmp_path, runs):
+    res = tmp_path / "results"
+    for model, (plan, frame) in runs.items():
+        (res / model).mkdir(parents=True)
+        frame.to_parquet(res / model / "predictions.parquet")
+        (res / model / "metrics.json").write_text(json.dumps({
+            "model": model, "corpus": "demo", "plan_hash": plan, "fold_plan": "x", "n_folds": 1,
+            "wa": {"mean": 1.0, "std": 0.0}, "ua": {"mean": 1.0, "std": 0.0}, "macro_f1": {"mean": 1.0, "std": 0.0},
+        }))
+    return res
+
+
+def test_report_shows_intervals_and_verdicts_for_models_of_one_plan(tmp_path):
+    labels = list("abc") * 20
+    wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
+    res = _results(tmp_path, {"good": ("p1", _frame(labels, labels)), "bad": ("p1", _frame(labels, wrong)),
+                              "same": ("p1", _frame(labels, labels)), "elsewhere": ("p2", _frame(labels, labels))})
+    text = write_report(res, tmp_path / "report.md").read_text()
+    section = text.split("## Is A really better than B?")[1]
+    assert "| good | 100.0 [100.0, 100.0] | 60 |" in section and "| bad | 0.0 [0.0, 0.0] | 60 |" in section
+    assert "**good** is better than **bad**" in section and "**same** is better than **bad**" in section
+    assert "**good** vs **same**: +0.0" in section and "not resolved" in section
+    assert "elsewhere" not in section  # another fold plan: never paired
+    assert "2 of 3 UA differences resolved, 1 not." in section
+
+
+def test_cli_compare_by_model_name_and_by_directory(tmp_path):
+    from pipeline.cli import app
+
+    labels = list("abc") * 20
+    wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
+    res = _results(tmp_path, {"good": ("p1", _frame(labels, labels)), "bad": ("p1", _frame(labels, wrong))})
+    r = CliRunner().invoke(app, ["compare", "good", str(res / "bad"), "--results", str(res), "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    assert "good: UA 100.0 [100.0, 100.0] %" in r.output and "good is better than bad: +100.0" in r.output
+    r = CliRunner().invoke(app, ["compare", "good", "nothere", "--results", str(res)])
+    assert r.exit_code == 2 and "nothere" in r.output
