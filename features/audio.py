@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from features.errors import ConfigError, EmoflowError
 
-class AudioError(ValueError):
+
+class AudioError(EmoflowError, ValueError):
     """Audio that cannot be used; the message names the file and what to do."""
 
 
@@ -36,17 +38,17 @@ class AudioConfig:
         # A hand-written __init__ so that a typo in params.yaml (extract.audio.sample_rat) is a clear ValueError,
         # not a TypeError traceback from the generated one.
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"extract.audio: unknown key(s) {sorted(unknown)}; known keys are ['res_type', 'sample_rate'] "
                 "(fix params.yaml: extract.audio)"
             )
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"extract.audio.sample_rate must be a positive integer (Hz), got {sample_rate!r} "
                 "(fix params.yaml: extract.audio.sample_rate)"
             )
         if res_type not in RES_TYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"extract.audio.res_type {res_type!r} is not a librosa resampler; use one of {list(RES_TYPES)} "
                 "(fix params.yaml: extract.audio.res_type)"
             )

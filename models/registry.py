@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from features.errors import ConfigError
 from models.blocks import count_parameters
 
 #: feature kinds an input can have
@@ -93,14 +94,14 @@ def swap_inputs(model: str, specs: dict[str, InputSpec], swaps: dict[str, str]) 
     """``specs`` with ``feature`` replaced per ``swaps``; an unknown key or a feature of another kind
     (vector for a frame sequence, ...) raises ValueError naming both."""
     if not isinstance(swaps, dict):
-        raise ValueError(f"models.{model}.inputs must map input keys to feature names, got {swaps!r}")
+        raise ConfigError(f"models.{model}.inputs must map input keys to feature names, got {swaps!r}")
     for key, feature in swaps.items():
         if key not in specs:
-            raise ValueError(f"models.{model}.inputs: {key!r} is not an input of {model}; its inputs are "
+            raise ConfigError(f"models.{model}.inputs: {key!r} is not an input of {model}; its inputs are "
                              f"{sorted(specs)}")
         kind = FEATURE_KINDS.get(str(feature), "sequence")
         if kind != specs[key].kind:
-            raise ValueError(f"models.{model}.inputs.{key}: {feature!r} gives a {kind}, but {model}'s {key!r} "
+            raise ConfigError(f"models.{model}.inputs.{key}: {feature!r} gives a {kind}, but {model}'s {key!r} "
                              f"takes a {specs[key].kind} (paper input: {specs[key].feature!r})")
         specs[key] = dataclasses.replace(specs[key], feature=str(feature))
     return specs
@@ -199,7 +200,7 @@ def get_model_info(name: str) -> ModelInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
 def model_config_class(name: str) -> type:
@@ -229,14 +230,14 @@ def make_config(name: str, **overrides):
     >>> make_config("ilt", no_such_key=1)
     Traceback (most recent call last):
     ...
-    ValueError: unknown config key(s) ['no_such_key'] for model 'ilt'; known keys: ...
+    features.errors.ConfigError: unknown config key(s) ['no_such_key'] for model 'ilt'; known keys: ...
     """
     cls = model_config_class(name)
     known = [f.name for f in dataclasses.fields(cls)]
     overrides = {k: v for k, v in overrides.items() if k != "inputs"}  # input swaps: see ModelInfo.input_specs
     unknown = sorted(set(overrides) - set(known))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown config key(s) {unknown} for model {name!r}; known keys: {', '.join(known)}"
         )
     # YAML gives lists where the dataclass has tuples; keep configs hashable/immutable-looking.
@@ -248,7 +249,13 @@ def create_model(name: str, num_classes: int = 4, **overrides) -> nn.Module:
     """Build model ``name`` with its paper defaults, ``overrides`` applied to its config dataclass."""
     info = get_model_info(name)
     cfg = make_config(name, **overrides)
-    return info.model_cls(cfg, num_classes=num_classes)
+    try:
+        return info.model_cls(cfg, num_classes=num_classes)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        # a model's own config check (``embed_dim must be divisible by num_heads``): a setting to fix
+        raise ConfigError(str(e)) from e
 
 
 def example_batch(name: str, batch_size: int = 2, seed: int = 0, **overrides) -> dict[str, torch.Tensor]:

@@ -34,25 +34,38 @@ def _fail(e: Exception) -> None:
 
 
 def _run(fn, *args, **kwargs):
-    """Run a stage; turn the project's own errors (which name the file/key and the fix) into one red line."""
-    from features.audio import AudioError
-    from features.store import StoreError
-    from pipeline.params import ParamsError
+    """Run a stage; turn the project's own errors (which name the file/key and the fix) into one red line, exit 2.
+    Anything else is a bug and keeps its traceback."""
+    from features.errors import EmoflowError
 
-    known: tuple[type[BaseException], ...] = (ParamsError, AudioError, StoreError, FileNotFoundError, KeyError)
-    try:
-        from pipeline.extract import ExtractionError
-        from pipeline.manifest import ManifestError
-
-        known += (ManifestError, ExtractionError)
-    except ImportError:  # pragma: no cover - partial checkouts
-        pass
     try:
         return fn(*args, **kwargs)
-    except known as e:
+    except EmoflowError as e:
         _fail(e)
-    except ValueError as e:  # unknown feature/model/plan/dataset names raise ValueError with the known names
-        _fail(e)
+    except OSError as e:
+        line = _os_error_line(e)
+        if line is None:
+            raise
+        _fail(line)
+
+
+def _os_error_line(e: OSError) -> str | None:
+    """One line for a machine fault that names its path (full disk, read-only or unwritable place, a directory
+    where a file belongs), or a FileNotFoundError whose message already says what to do; None otherwise."""
+    import errno
+
+    from features.errors import disk_full_error, is_disk_full
+
+    if e.filename is None:
+        return str(e) if isinstance(e, FileNotFoundError) else None
+    if is_disk_full(e):
+        return str(disk_full_error(e.filename, e, None, "nothing committed was changed"))
+    fixes = {errno.EACCES: "check its permissions (and the owner of the DVC cache)", errno.EPERM: "check its "
+             "permissions", errno.EROFS: "the filesystem is read-only: write elsewhere or remount it",
+             errno.EISDIR: "a directory is where a file belongs: remove or rename it",
+             errno.ENOTDIR: "a parent of this path is a file, not a directory", errno.ENOENT: "it does not exist"}
+    fix = fixes.get(e.errno)
+    return None if fix is None else f"{e.filename}: {e.strerror}; {fix}"
 
 
 # --- stages -------------------------------------------------------------------------------------------------

@@ -41,10 +41,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from features.errors import EmoflowError
 from features.store import FeatureReader, StoreError
 
 
-class DataError(ValueError):
+class DataError(EmoflowError, ValueError):
     """Inputs for training that cannot be used; the message names the file/key and the fix."""
 
 

@@ -19,12 +19,13 @@ import pandas as pd
 
 from features.audio import AudioConfig, AudioError, load_audio
 from features.base import Extractor, get_extractor
+from features.errors import ConfigError, EmoflowError
 from features.store import FeatureWriter, FileMeta, StoreError, text_sha256
 
 log = logging.getLogger("emoflow.extract")
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(EmoflowError, RuntimeError):
     """An utterance could not be extracted; finished batches are kept for the rerun."""
 
 
@@ -138,10 +139,10 @@ def extract_features(
     meta = FileMeta.from_extractor(extractor, audio=audio.to_dict())
     rows_by_id = {r["utt_id"]: r for r in manifest.to_dict("records")}
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"extract.batch_size must be an integer >= 1, got {batch_size!r} (fix params.yaml: "
+        raise ConfigError(f"extract.batch_size must be an integer >= 1, got {batch_size!r} (fix params.yaml: "
                          "extract.batch_size)")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int)):
-        raise ValueError(f"extract.jobs must be an integer (0 = all cores), got {jobs!r} (fix params.yaml: extract.jobs)")
+        raise ConfigError(f"extract.jobs must be an integer (0 = all cores), got {jobs!r} (fix params.yaml: extract.jobs)")
     jobs = (os.cpu_count() or 1) if jobs is None or jobs <= 0 else jobs
     if not extractor.parallel_safe:
         jobs = 1

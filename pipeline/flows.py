@@ -43,6 +43,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from features.errors import EmoflowError
 from pipeline.metrics import aggregate_folds, compute_metrics, confusion_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ DEFAULT_STORAGE = ".emoflow/prefect"
 TASK_RUNNERS = ("threads", "processes", "dask")
 
 
-class FlowError(RuntimeError):
+class FlowError(EmoflowError, RuntimeError):
     """A cross-validation that cannot run as configured; the message says what to change."""
 
 

@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from features.errors import EmoflowError
 from pipeline.manifest import atomic_write_table
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ FOLD_COLUMNS = ("utt_id", "fold", "split")
 PAPER_E_SEEDS = (111111, 123456, 0, 999999, 987654)
 
 
-class FoldError(ValueError):
+class FoldError(EmoflowError, ValueError):
     """A fold plan that cannot be made or a fold table that breaks the contract; the message says why."""
 
 

@@ -51,6 +51,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.errors import EmoflowError
+
 SCHEMA_VERSION = "1"
 
 STR_COLUMNS = ("utt_id", "path", "label", "speaker", "session", "gender", "subset", "transcript", "audio_sha256",
@@ -90,7 +92,7 @@ SUBSETS = ("improvised", "scripted", "")
 _CHUNK = 1 << 20
 
 
-class ManifestError(ValueError):
+class ManifestError(EmoflowError, ValueError):
     """A manifest (or the corpus behind it) that cannot be used; the message names the file/column and the fix."""
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
+from features.errors import ConfigError
 
-class ParamsError(ValueError):
+
+class ParamsError(ConfigError):
     """``params.yaml`` is missing, malformed, or a value has the wrong type."""
 
 

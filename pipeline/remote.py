@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from features.errors import EmoflowError
+
 __all__ = [
     "RemoteError",
     "RemoteURL",
@@ -82,7 +84,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class RemoteError(ValueError):
+class RemoteError(EmoflowError, ValueError):
     """A remote could not be configured, reached, pulled from or pushed to (the message says what to do)."""
 
 

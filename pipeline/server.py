@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from features.errors import EmoflowError
+
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
@@ -51,7 +53,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 
 
-class ServerError(RuntimeError):
+class ServerError(EmoflowError, RuntimeError):
     """The Prefect server could not be started or reached (the message says what to do)."""
 
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from features.errors import EmoflowError
 from pipeline.data import (
     NORMALIZE_MODES,
     Collate,
@@ -114,7 +115,7 @@ ALIASES = {"early_stopping_patience": "patience"}
 _TRAIN_LOCK = threading.Lock()
 
 
-class TrainError(RuntimeError):
+class TrainError(EmoflowError, RuntimeError):
     """A fold that cannot be trained as configured; the message says what to change."""
 
 
