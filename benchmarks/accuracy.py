@@ -197,12 +197,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--merge", nargs=2, metavar=("MAIN", "EXTRA"),
                     help="append EXTRA's rows (a run over the same workspace and folds) to MAIN and exit")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
+    ap.add_argument("--significance", metavar="JSON", help="add UA intervals and paired verdicts vs classical "
+                    "(from --workdir's predictions) to a results file and exit")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
         return {}
     if args.merge:
         return merge_results(Path(args.merge[0]), Path(args.merge[1]))
+    if args.significance:
+        return add_significance(Path(args.significance), Path(args.workdir).resolve())
     import yaml
 
     params_file = Path(args.params)
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "failed": runs["failed"],
         "note": "numbers on this corpus are never comparable to the papers' IEMOCAP numbers",
     }
+    result["significance"] = significance_block(result, workdir)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(markdown_table(result))
@@ -293,6 +298,77 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
                  f"{', ' + m['cuda'] if m.get('cuda') else ', CPU only'}; summed training time of the rows "
                  f"{result.get('sum_of_model_train_s', result['total_wall_s']) / 60:.0f} min.")
+    sig = significance_table(result)
+    return "\n".join(lines) + ("\n\n" + sig if sig else "")
+
+
+# --- significance (pipeline/compare.py): intervals and verdicts vs the classical row ------------------------
+
+
+def _row_dir(workdir: Path, row: dict[str, Any]) -> Path:
+    """Where a row's predictions lie in the workspace: ``results/`` for main rows, ``results-<variant>/``."""
+    variant = next((v for v, (kind, _) in VARIANTS.items() if kind == row["kind"]), None)
+    return workdir / ("results" if variant is None else f"results-{variant}") / row["model"]
+
+
+def significance_block(result: dict[str, Any], workdir: Path, baseline: str = "classical") -> dict[str, Any]:
+    """Per row: pooled UA with a bootstrap 95 % interval and, against the ``baseline`` row, the paired bootstrap
+    interval of the UA difference and McNemar's p, from the workspace's ``predictions.parquet``. A row whose
+    predictions do not reproduce its pooled UA (another workspace, a rerun since) is refused, not guessed."""
+    from pipeline import compare
+
+    frames = {}
+    for r in result["rows"]:
+        _, _, df = compare.load_run(_row_dir(workdir, r))
+        yt, (yp,), classes = compare.encode(df["label"], df["pred"])
+        if abs(compare.ua(yt, yp, len(classes)) - r["ua"]["pooled"]) > 1e-9:
+            raise SystemExit(f"{_row_dir(workdir, r)}: predictions give UA {compare.ua(yt, yp, len(classes)):.4f}, "
+                             f"the row says {r['ua']['pooled']:.4f}; not the run behind this JSON")
+        frames[(r["model"], r["kind"])] = df
+    base = next((k for k in frames if k[0] == baseline and k[1] == "baseline"), None)
+    rows = []
+    for (model, kind), df in frames.items():
+        yt, (yp,), classes = compare.encode(df["label"], df["pred"])
+        ci = compare.ua_interval(yt, yp, len(classes))
+        row: dict[str, Any] = {"model": model, "kind": kind, "n": len(df), "ua": ci.point, "ua_ci": [ci.lo, ci.hi]}
+        if base is not None and (model, kind) != base:
+            c = compare.compare_frames(df, frames[base], (model, baseline))
+            row[f"vs_{baseline}"] = {"ua_diff": c.ua_diff.point, "ci": [c.ua_diff.lo, c.ua_diff.hi],
+                                     "resolved": c.ua_diff.resolved, "mcnemar_p": c.mcnemar_p,
+                                     "right_only_this": c.mcnemar_b, f"right_only_{baseline}": c.mcnemar_c}
+        rows.append(row)
+    return {"method": "percentile bootstrap over the pooled test utterances (paired for differences); McNemar's "
+                      "exact test on accuracy; intervals per comparison, not corrected for multiple comparisons",
+            "n_boot": compare.N_BOOT, "seed": compare.SEED, "level": compare.LEVEL, "baseline": baseline,
+            "rows": rows}
+
+
+def add_significance(path: Path, workdir: Path) -> dict[str, Any]:
+    """``--significance``: the block added to (or replaced in) an existing results file; other keys untouched."""
+    result = json.loads(path.read_text())
+    result["significance"] = significance_block(result, workdir)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(markdown_table(result))
+    return result
+
+
+def significance_table(result: dict[str, Any]) -> str:
+    """The README's second table: UA intervals and the verdict against the baseline ("" without a block)."""
+    sig = result.get("significance")
+    if not sig:
+        return ""
+    b = sig["baseline"]
+    lines = [f"| model | kind | UA pooled [95 % CI] | Δ UA vs {b} [95 % CI] | resolved | McNemar p (accuracy) |",
+             "|---|---|---|---|---|---|"]
+    for r in sig["rows"]:
+        v = r.get(f"vs_{b}")
+        diff = "—" if v is None else f"{v['ua_diff']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
+        verdict = "—" if v is None else ("yes" if v["resolved"] else "**no**")
+        p = "—" if v is None else f"{v['mcnemar_p']:.2g}"
+        lines.append(f"| `{r['model']}` | {r['kind']} | {r['ua']:.3f} [{r['ua_ci'][0]:.3f}, {r['ua_ci'][1]:.3f}] "
+                     f"| {diff} | {verdict} | {p} |")
+    lines += ["", f"{sig['n_boot']} bootstrap resamples of the {sig['rows'][0]['n']} pooled test utterances "
+              f"(seed {sig['seed']}); resolved = the 95 % interval of the difference excludes 0."]
     return "\n".join(lines)
 
 

@@ -144,3 +144,32 @@ def test_cli_compare_by_model_name_and_by_directory(tmp_path):
     assert "good: UA 100.0 [100.0, 100.0] %" in r.output and "good is better than bad: +100.0" in r.output
     r = CliRunner().invoke(app, ["compare", "good", "nothere", "--results", str(res)])
     assert r.exit_code == 2 and "nothere" in r.output
+
+
+def test_benchmark_significance_block_checks_the_workspace_and_keeps_the_rows(tmp_path):
+    from benchmarks.accuracy import significance_block, significance_table
+
+    labels = list("abc") * 20
+    wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
+    half = labels[:30] + wrong[30:]
+    for sub, model, preds in (("results", "classical", half), ("results", "good", labels),
+                              ("results-closed-form", "good", half)):
+        (tmp_path / sub / model).mkdir(parents=True)
+        _frame(labels, preds).to_parquet(tmp_path / sub / model / "predictions.parquet")
+    yt, (yp,), _ = C.encode(labels, half)
+    ua_half = C.ua(yt, yp, 3)
+    rows = [{"model": "classical", "kind": "baseline", "ua": {"pooled": ua_half}},
+            {"model": "good", "kind": "paper model", "ua": {"pooled": 1.0}},
+            {"model": "good", "kind": "closed-form fit (train.fit: sklearn)", "ua": {"pooled": ua_half}}]
+    block = significance_block({"rows": rows}, tmp_path)
+    by = {(r["model"], r["kind"]): r for r in block["rows"]}
+    assert "vs_classical" not in by[("classical", "baseline")]
+    good = by[("good", "paper model")]["vs_classical"]
+    assert good["resolved"] and good["ua_diff"] == pytest.approx(1 - ua_half) and good["right_only_this"] == 30
+    same = by[("good", "closed-form fit (train.fit: sklearn)")]["vs_classical"]
+    assert same["ci"] == [0.0, 0.0] and not same["resolved"]  # the variant's predictions equal the baseline's
+    table = significance_table({"rows": rows, "significance": block})
+    assert "| `good` | paper model | 1.000 [1.000, 1.000] |" in table and "| **no** |" in table
+    rows[1]["ua"]["pooled"] = 0.9  # a JSON that these predictions did not produce
+    with pytest.raises(SystemExit, match="not the run behind this JSON"):
+        significance_block({"rows": rows}, tmp_path)
