@@ -147,9 +147,9 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
 
 def collect_results(out_dir: Path) -> dict[str, Any]:
     """A model's finished cross-validation as the flow wrote it (``metrics.json`` + ``run.json``)."""
-    metrics = json.loads((out_dir / "metrics.json").read_text())
-    run = json.loads((out_dir / "run.json").read_text())
-    metrics.update({k: run.get(k) for k in ("train", "model_params", "code_version")})
+    from pipeline.results import load_result
+
+    metrics = load_result(out_dir)
     return {"metrics": metrics, "wall_s": metrics.get("runtime_s"), "collected_from": str(out_dir)}
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from pipeline import remote as rm
+from pipeline.results import load_result
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def teammate_run(it, pushed_project, prefect_server, tmp_path_factory):
     before = h5.stat().st_mtime_ns
     out = it.sh(clone, "dvc", "repro", "--allow-missing", f"train@{it.MODEL}", timeout=600,
                 PREFECT_API_URL=prefect_server.api_url, PREFECT_HOME=str(base / "prefect-home"))
-    metrics = json.loads((clone / f"results/{it.MODEL}/metrics.json").read_text())
+    metrics = load_result(clone / f"results/{it.MODEL}")  # metrics.json's scores joined with run.json
     record = json.loads((clone / f"results/{it.MODEL}/run.json").read_text())  # the flow run's provenance
     return {"clone": clone, "targets": targets, "out": out, "metrics": metrics, "record": record,
             "h5_unchanged": h5.stat().st_mtime_ns == before, "run_id": record["flow_run_id"], "base": base}

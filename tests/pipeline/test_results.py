@@ -1,0 +1,103 @@
+"""metrics.json holds numbers only and stays readable in `dvc metrics show`; run.json carries the provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.demo_corpus import CLASSES
+from pipeline.report import load_results
+from pipeline.results import join_result, load_result, split_result
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _result(model: str, labels=CLASSES) -> dict:
+    """A cross_validate result as the flow returns it (the values are arbitrary, the shape is the flow's)."""
+    stat = {"mean": 61.234567891, "std": 7.65432198, "pooled": 60.123456789}
+    return {
+        "model": model, "corpus": "demo", "comparable_to_paper": False,
+        "not_comparable_because": ["corpus is 'demo', the papers used IEMOCAP"],
+        "fold_plan": "loso", "plan_hash": "ab" * 32, "label_map": {c: c for c in labels}, "protocol": "LOSO",
+        "select_on": "val_ua", "features": {"logmel40": {"random_weights": False, "config_hash": "cd" * 32}},
+        "random_weights_features": [], "paper": {"wa": 67.56, "ua": 68.63, "row": "Table 2", "title": "t"},
+        "wa": dict(stat), "ua": dict(stat), "macro_f1": dict(stat),
+        "per_class_recall": {c: dict(stat) for c in labels},
+        "folds": {"0": {"wa": 60.0, "ua": 59.0, "best_epoch": 1, "runtime_s": 3.5}}, "n_folds": 1,
+        "labels": list(labels), "pooled_confusion": [[1]], "pooled_confusion_normalized": [[1.0]],
+        "train_samples_per_s": 100.0, "fold_runtime_s": 3.5, "runtime_s": 9.0,
+        "train": {"epochs": 2}, "model_params": {"n_mels": 40}, "code_version": "ef" * 32,
+        "run": {"flow_run_id": "1234", "git": {"revision": "abc"}, "parameters": {"model": model}},
+    }
+
+
+def _leaves(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], obj
+
+
+def test_metrics_are_numbers_only_and_run_json_keeps_the_provenance():
+    full = _result("ilt")
+    metrics, record = split_result(full)
+    assert set(metrics) == {"wa", "ua", "f1", "recall"}
+    for key, value in _leaves(metrics):
+        assert isinstance(value, float), key  # no strings, hashes, lists: nothing DVC cannot tabulate
+    assert metrics["f1"] == full["macro_f1"] and metrics["recall"]["ang"] == full["per_class_recall"]["ang"]["pooled"]
+    for key in ("model", "corpus", "not_comparable_because", "plan_hash", "protocol", "features", "paper",
+                "labels", "folds", "runtime_s", "train", "model_params", "code_version"):
+        assert record[key] == full[key], key
+    assert record["flow_run_id"] == "1234" and "run" not in record  # run.json's established top level
+    assert not set(record) & {"wa", "ua", "macro_f1", "pooled_confusion"}  # each number lives in one file
+    joined = join_result(metrics, record)
+    assert {k: joined[k] for k in ("wa", "ua", "macro_f1", "per_class_recall", "corpus")} == {
+        k: full[k] for k in ("wa", "ua", "macro_f1", "per_class_recall", "corpus")}
+
+
+def test_load_result_reads_both_layouts(tmp_path):
+    metrics, record = split_result(_result("cat"))
+    new, old = tmp_path / "results" / "cat", tmp_path / "results" / "ilt"
+    new.mkdir(parents=True)
+    old.mkdir(parents=True)
+    (new / "metrics.json").write_text(json.dumps(metrics))
+    (new / "run.json").write_text(json.dumps(record))
+    legacy = {k: v for k, v in _result("ilt").items() if k != "run"}  # one file with everything, as before
+    (old / "metrics.json").write_text(json.dumps(legacy))
+    got = {m["model"]: m for m in load_results(tmp_path / "results")}
+    assert got["cat"]["macro_f1"]["pooled"] == metrics["f1"]["pooled"] and got["cat"]["corpus"] == "demo"
+    assert got["ilt"]["macro_f1"] == legacy["macro_f1"] and got["ilt"]["paper"]["wa"] == 67.56
+    (new / "run.json").unlink()
+    assert load_result(new)["wa"] == metrics["wa"]  # scores alone still load
+
+
+def test_dvc_metrics_show_fits_200_columns_per_model(tmp_path):
+    """The real dvc.yaml's metrics declarations, one metrics.json per trained model as the flow writes it (the
+    demo's four classes, its longest model names), through the real `dvc metrics show`."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, proj / name)
+    models = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["models"]
+    for m in models:
+        (proj / "results" / m).mkdir(parents=True)
+        (proj / "results" / m / "metrics.json").write_text(json.dumps(split_result(_result(m))[0]))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+           "COLUMNS": "1000"}  # no terminal to wrap or truncate the table
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "metrics", "show"]):
+        p = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, (cmd, p.stdout, p.stderr)
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+    rows = {ln.split()[0]: ln for ln in lines[1:]}
+    assert sorted(rows) == sorted(f"results/{m}/metrics.json" for m in models), p.stdout
+    assert "recall.ang" in lines[0] and "f1.pooled" in lines[0], lines[0]
+    widest = max(len(ln.rstrip()) for ln in lines)
+    assert widest <= 200, f"{widest} columns:\n{p.stdout}"
