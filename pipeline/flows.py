@@ -1,8 +1,9 @@
 """Prefect flows: cross-validated training and evaluation of one model over its paper's fold plan.
 
 ``cross_validate(model, plan, ...)`` (a Prefect ``@flow``) runs one ``train_fold`` task per fold, then writes
-``<results_dir>/<model>/{metrics.json, confusion.csv, confusion.png, predictions.parquet}`` and a run record
-``<runs_dir>/<model>/<time>-<flow run id>/run.json`` (parameters, git revision, metrics), and publishes a
+``<results_dir>/<model>/{metrics.json, run.json, confusion.csv, confusion.png, predictions.parquet}`` (scores in
+metrics.json, provenance in run.json: pipeline/results.py) and the same under ``<runs_dir>/<model>/<time>-<flow
+run id>/`` (one record per flow run: parameters, git revision, metrics), and publishes a
 metrics table and a confusion-matrix Markdown artifact. It runs with no server (Prefect's ephemeral API), or
 against a server when ``PREFECT_API_URL`` is set (``prefect server start``; runs then show in the UI).
 
@@ -45,6 +46,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from features.errors import EmoflowError
 from pipeline.metrics import aggregate_folds, compute_metrics, confusion_markdown
+from pipeline.results import split_result
 
 ROOT = Path(__file__).resolve().parent.parent
 #: source files whose content is part of every fold's cache key
@@ -367,18 +369,17 @@ def summarise(model: str, fold_results: list[dict[str, Any]]) -> tuple[dict[str,
 
 
 def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFrame) -> dict[str, Path]:
-    """``metrics.json`` (scores, paper numbers, corpus, features), ``run.json`` (flow run, git revision, parameters,
-    resolved train/model configs, code hash), ``confusion.csv`` (actual,predicted rows for ``dvc plots``),
-    ``confusion.png`` and ``predictions.parquet`` under ``out_dir``."""
+    """``metrics.json`` (scores only), ``run.json`` (everything else: corpus, comparability, plan, features, paper
+    numbers, per-fold scores, flow run, git revision, parameters, resolved configs), ``confusion.csv``
+    (actual,predicted rows for ``dvc plots``), ``confusion.png`` and ``predictions.parquet`` under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = ("metrics.json", "run.json", "confusion.csv", "confusion.png", "predictions.parquet")
     paths = {name: out / name for name in names}
-    public = {k: v for k, v in metrics.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")
-              and k not in RUN_KEYS}
-    _write_json(paths["metrics.json"], public)
-    # provenance (flow run, git revision, parameters, resolved configs) beside, not inside, the DVC metrics file
-    _write_json(out / "run.json", run_record(metrics))
+    # numbers only in the DVC metrics file, provenance beside it: see pipeline/results.py
+    scores, record = split_result(metrics)
+    _write_json(paths["metrics.json"], scores)
+    _write_json(paths["run.json"], record)
     preds[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"}).to_csv(
         paths["confusion.csv"], index=False
     )
@@ -386,14 +387,6 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFr
     plot_confusion(metrics["pooled_confusion"], metrics["labels"], paths["confusion.png"],
                    title=f"{metrics.get('model', '')} — pooled test predictions ({metrics.get('corpus', '')})")
     return paths
-
-
-#: keys of the flow's result that describe the run rather than score it (go to run.json)
-RUN_KEYS = ("run", "train", "model_params", "code_version", "label_map")
-
-
-def run_record(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {**(metrics.get("run") or {}), **{k: metrics.get(k) for k in RUN_KEYS if k != "run"}}
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], path: str | Path, title: str = "") -> None:

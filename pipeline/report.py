@@ -1,6 +1,6 @@
 """The comparison report: every model's cross-validated WA/UA next to its paper's published numbers.
 
-:func:`write_report` reads ``<results_dir>/*/metrics.json`` (written by the ``cross_validate`` flow) and writes
+:func:`write_report` reads ``<results_dir>/*/{metrics,run}.json`` (written by the ``cross_validate`` flow) and writes
 one Markdown table. A result is put beside the paper's numbers only when it is comparable: IEMOCAP, the paper's
 fold plan, no random-weight encoders. Any other result (the demo corpus above all) shows "—" in the paper
 columns and a flag saying why, so a test-bed number is never read as a reproduction.
@@ -8,11 +8,12 @@ columns and a flag saying why, so a test-bed number is never read as a reproduct
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+from pipeline.results import load_result
 
 
 def _pm(stat: dict[str, Any] | None) -> str:
@@ -27,13 +28,11 @@ def _num(x: Any) -> str:
 
 
 def load_results(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every ``<results_dir>/<model>/metrics.json``, sorted by model name; unreadable files raise naming them."""
+    """Every ``<results_dir>/<model>/`` with a ``metrics.json`` (scores) joined with its ``run.json``
+    (provenance), sorted by model name; unreadable files raise naming them."""
     out = []
     for path in sorted(Path(results_dir).glob("*/metrics.json")):
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: unreadable metrics file ({e}); rerun `dvc repro train@{path.parent.name}`") from None
+        m = load_result(path.parent)
         m.setdefault("model", path.parent.name)
         out.append(m)
     return sorted(out, key=lambda m: m["model"])
