@@ -247,6 +247,17 @@ def _mount_team_commands() -> None:
 _mount_team_commands()
 
 
+# --- using a trained model (pipeline/predict_cli.py holds the commands) -------------------------------------
+def _mount_predict_commands() -> None:
+    from pipeline import predict_cli
+
+    app.command("predict", help="Predict emotions of new audio files with a trained model.")(predict_cli.cli_predict)
+    app.command("export", help="Export a trained model as a self-contained directory.")(predict_cli.cli_export)
+
+
+_mount_predict_commands()
+
+
 # --- statistical comparison (pipeline/compare.py) ----------------------------------------------------------
 @app.command("compare")
 def compare(a: str = typer.Argument(..., help="a model under --results, or a directory with predictions.parquet"),
