@@ -495,3 +495,8 @@ def iemocap_adapter(
         log.warning(msg)
     # dialog times are kept as extra columns (the sentence wavs themselves are whole utterances)
     return df[list(REQUIRED_COLUMNS) + ["dialog_start", "dialog_end"]]
+
+
+# several corpora in one manifest (cross-corpus plans): pipeline/combined.py registers the `combined` adapter; it
+# builds on the adapters above, so it is imported last
+from pipeline import combined as _combined  # noqa: E402,F401

@@ -26,6 +26,9 @@ plan                         definition (specs/datasets.md)
                              0, 999999, 987654); val = ``val_fraction`` (0.1) of the 80 %, same seed.
                              ``seed`` is not used (pass ``seeds=`` to change them). Independent splits:
                              an utterance may be tested in 0 or several folds
+``cross_corpus``             one fold per corpus in ``test``: train on every other corpus of a
+                             ``combined`` manifest (its ``corpus`` column), val = ``val_fraction`` of
+                             their speakers; the test corpus never informs training or model selection
 ============================ ==========================================================================
 
 Random plans sort by ``utt_id`` first (input row order never matters) and use scikit-learn splitters with
@@ -321,6 +324,41 @@ def _random_80_20_seeds(
         _, v = _split(train, y, val_fraction, int(s), f"random_80_20_seeds fold {k} val")
         folds.append(_assign(len(m), test, v))
     return folds, {"seeds": [int(s) for s in seeds]}
+
+
+@register_plan(
+    "cross_corpus", test_partition=False, group_option=None, default_group="corpus", optional_columns=("speaker",),
+    description="train/validate on the other corpora, test on one (one fold per test corpus; combined manifest)",
+)
+def _cross_corpus(m, seed, *, test: str | list[str] | None = None, val_fraction: float = 0.1,
+                  val_group: str | None = "speaker"):
+    """Fold f tests on corpus ``test[f]`` and trains on every other corpus of the (``combined``) manifest; val
+    = ``val_fraction`` of the training corpora's speakers (``val_group: speaker``, so no validation speaker is a
+    training speaker) or of their utterances (``val_group: null``, stratified). The test corpus never informs
+    training or model selection (``group`` = corpus: :func:`validate_folds` checks it)."""
+    corpora = sorted(m["corpus"].unique(), key=_natural_key)
+    tests = [test] if isinstance(test, str) else list(test or [])
+    unknown = sorted(set(tests) - set(corpora))
+    if not tests or unknown or len(corpora) < 2:
+        raise FoldError(f"cross_corpus: test={test!r} must name corpora of the manifest {corpora} (not {unknown}); "
+                        "the manifest needs two or more (dataset.name: combined)")
+    if val_group not in ("speaker", None):
+        raise FoldError(f"cross_corpus: val_group={val_group!r} must be 'speaker' or null")
+    col, y, idx = m["corpus"].to_numpy(), m["label"].to_numpy(), np.arange(len(m))
+    folds = []
+    for f, t in enumerate(tests):
+        rest = idx[col != t]
+        if val_group == "speaker":
+            speakers = sorted(set(m["speaker"].to_numpy()[rest]) - {""}, key=_natural_key)
+            if len(speakers) < 2:
+                raise FoldError(f"cross_corpus fold {f}: {len(speakers)} training speaker(s); use val_group: null")
+            rng = np.random.default_rng(_fold_seed(seed, f))
+            held = rng.permutation(speakers)[: max(1, min(len(speakers) - 1, round(val_fraction * len(speakers))))]
+            v = rest[np.isin(m["speaker"].to_numpy()[rest], held)]
+        else:
+            _, v = _split(rest, y, val_fraction, _fold_seed(seed, f), f"cross_corpus fold {f} val")
+        folds.append(_assign(len(m), idx[col == t], v))
+    return folds, {"group": "corpus", "fold_test_groups": tests, "corpora": corpora}
 
 
 # ------------------------------------------------------------------------------------------- public
