@@ -114,6 +114,18 @@ def stage_train(model: str = typer.Option(..., "--model"), manifest: Path = type
     _run(stages.train, params, model, manifest, folds_dir, features_dir, out, **kw)
 
 
+@stage_app.command("dvc-yaml")
+def stage_dvc_yaml(dvc_file: Path = typer.Option(Path("dvc.yaml"), "--dvc-yaml"),
+                   check: bool = typer.Option(False, "--check", help="only say whether it is up to date (exit 1 "
+                                              "if not)"),
+                   params: Path = PARAMS):
+    """Regenerate dvc.yaml's train@<model> stages from params.yaml: each depends on its own features, plan, params."""
+    fresh = _run(stages.dvc_yaml, params, dvc_file, check=check)
+    if check and not fresh:
+        typer.echo(f"{dvc_file}: train stages are out of date with {params}: run `emoflow stage dvc-yaml`")
+        raise typer.Exit(1)
+
+
 @stage_app.command("report")
 def stage_report(results: Path = typer.Option(..., "--results"), out: Path = typer.Option(..., "--out"),
                  params: Path = PARAMS):

@@ -143,6 +143,9 @@ def train(
     from pipeline.flows import run_cross_validation
 
     params = load_params(params_path)
+    if not _train_stages_fresh(params_path):
+        _say(f"WARNING: the train stages of {Path(params_path).parent / 'dvc.yaml'} do not match {params_path} "
+             "(features, plan or params changed): run `emoflow stage dvc-yaml` so DVC knows what each reads")
     # train.models is the DVC foreach list, not a training setting
     params["train"] = {k: v for k, v in (params.get("train") or {}).items() if k != "models"}
     return run_cross_validation(
@@ -154,6 +157,33 @@ def train(
         results_dir=out,
         **overrides,
     )
+
+
+def _train_stages_fresh(params_path: str | Path) -> bool:
+    """Whether the dvc.yaml beside ``params_path`` declares the inputs this params file gives each model. A stale
+    one only warns: DVC then tracks other files than the run reads, but the run itself is right (and a test
+    project may train from a trimmed dvc.yaml without the generated block on purpose)."""
+    dvc_file = Path(params_path).parent / "dvc.yaml"
+    try:
+        return not dvc_file.is_file() or dvc_yaml(params_path, dvc_file, check=True)
+    except ParamsError:  # no generated block to compare
+        return True
+
+
+def dvc_yaml(params_path: str | Path, dvc_file: str | Path = "dvc.yaml", *, check: bool = False) -> bool:
+    """Regenerate ``dvc_file``'s train stages from ``params_path`` (see pipeline/dvc_stages.py); with ``check``
+    only compare. Returns whether the file was already up to date."""
+    from pipeline.dvc_stages import update_dvc_yaml
+
+    path = Path(dvc_file)
+    text = path.read_text()
+    new = update_dvc_yaml(text, load_params(params_path))
+    if new != text and not check:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+        _say(f"{path}: train stages regenerated from {params_path}")
+    return new == text
 
 
 def report(params_path: str | Path, results_dir: str | Path, out: str | Path) -> None:

@@ -76,22 +76,12 @@ def tiny_params() -> dict:
     return params
 
 
-def _train_stage(real: dict | None) -> dict:
-    """The real ``train`` stage restricted to :data:`MODEL`; while dvc.yaml has none, the equivalent of what
-    its ``emoflow stage train`` command does."""
-    if real is not None:
-        stage = dict(real)
-        if "foreach" in stage:
-            stage["foreach"] = [MODEL]
-        return stage
-    return {"foreach": [MODEL], "do": {
-        "cmd": "emoflow stage train --model ${item} --manifest data/manifest.parquet --folds-dir data/folds "
-               "--features-dir data/features --out results",
-        "deps": ["data/manifest.parquet", f"data/folds/{PLAN}.parquet", f"data/features/{FEATURE}.h5",
-                 "pipeline/flows.py", "pipeline/train.py"],
-        "params": ["models.${item}", "train"],
-        "outs": ["results/${item}"],
-    }}
+def _train_stage() -> dict:
+    """The real ``train`` stage for :data:`MODEL` under :func:`tiny_params`, as `emoflow stage dvc-yaml` writes it
+    (its own feature, plan and result-changing params)."""
+    from pipeline.dvc_stages import train_stage_yaml
+
+    return yaml.safe_load("stages:\n" + train_stage_yaml(tiny_params()))["stages"]["train"]
 
 
 def _tiny_dvc_yaml() -> dict:
@@ -101,7 +91,7 @@ def _tiny_dvc_yaml() -> dict:
     if demo:  # logmel40 needs no pretrained encoders: skip building the tiny random-weight models
         demo["cmd"] = demo["cmd"].replace(" --models-out data/models", "")
         demo["outs"] = [o for o in demo.get("outs", []) if o != "data/models"]
-    stages["train"] = _train_stage(dvc["stages"].get("train"))
+    stages["train"] = _train_stage()
     dvc["stages"] = stages
     return dvc
 
