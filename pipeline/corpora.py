@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from pipeline.dimensional import VAD_COLUMNS, parse_iemocap_vad
 from pipeline.manifest import (
     REQUIRED_COLUMNS,
     ManifestError,
@@ -442,6 +443,7 @@ def iemocap_adapter(
             raise ManifestError(f"{emo}: no label files (<dialog>.txt); the IEMOCAP copy is incomplete")
         for lf in label_files:
             dialog_labels = parse_iemocap_labels(lf)
+            vad = parse_iemocap_vad(lf)
             trans_file = sdir / "dialog" / "transcriptions" / lf.name
             trans = parse_iemocap_transcripts(trans_file) if trans_file.is_file() else None
             if trans is None and dialog_labels:
@@ -471,6 +473,7 @@ def iemocap_adapter(
                         "transcript": (trans or {}).get(utt, ""),
                         "dialog_start": t0,
                         "dialog_end": t1,
+                        **dict(zip(VAD_COLUMNS, vad.get(utt, (np.nan,) * 3), strict=True)),
                     }
                 )
     if not records:
@@ -493,8 +496,9 @@ def iemocap_adapter(
         )
         warnings.warn(msg, CorpusCountWarning, stacklevel=2)
         log.warning(msg)
-    # dialog times are kept as extra columns (the sentence wavs themselves are whole utterances)
-    return df[list(REQUIRED_COLUMNS) + ["dialog_start", "dialog_end"]]
+    # dialog times are kept as extra columns (the sentence wavs themselves are whole utterances), and so are the
+    # evaluators' mean valence/arousal/dominance (pipeline/dimensional.py)
+    return df[list(REQUIRED_COLUMNS) + ["dialog_start", "dialog_end", *VAD_COLUMNS]]
 
 
 # several corpora in one manifest (cross-corpus plans): pipeline/combined.py registers the `combined` adapter; it

@@ -114,3 +114,40 @@ def confusion_markdown(confusion: Sequence[Sequence[float]], labels: Sequence[st
         cells = [f"{v:.2f}" if normalized else str(int(v)) for v in row]
         rows.append(f"| **{lab}** | " + " | ".join(cells) + " |")
     return "\n".join([head, sep, *rows])
+
+
+# --- dimensional targets (valence/arousal/dominance) ---------------------------------------------------------
+
+
+def ccc(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    """Lin's concordance correlation coefficient, the score of dimensional SER (MSP-Podcast, the SER challenges):
+    ``2 cov(t, p) / (var t + var p + (mean t - mean p)²)`` with population (ddof=0) moments, as Lin (1989)
+    defines it. Unlike Pearson's r it punishes a shift or a scale error: predictions ``t + 1`` give r = 1 but
+    CCC < 1. Pairs with a NaN are left out; NaN when nothing is left or both sides are constant and equal.
+
+    >>> ccc([1, 2, 3], [1, 2, 3]), round(ccc([1, 2, 3], [2, 3, 4]), 4)  # 2·(2/3) / (2/3 + 2/3 + 1) = 4/7
+    (1.0, 0.5714)
+    """
+    t, p = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    if t.shape != p.shape or t.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1-D of equal length, got {t.shape} and {p.shape}")
+    ok = ~(np.isnan(t) | np.isnan(p))
+    t, p = t[ok], p[ok]
+    if t.size == 0:
+        return float("nan")
+    denom = t.var() + p.var() + (t.mean() - p.mean()) ** 2
+    if denom == 0:
+        return float("nan")
+    return float(2 * np.mean((t - t.mean()) * (p - p.mean())) / denom)
+
+
+def dimensional_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float]:
+    """CCC, Pearson's r and mean absolute error of one dimension (NaN pairs left out; r is NaN for a constant
+    side)."""
+    t, p = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    ok = ~(np.isnan(t) | np.isnan(p))
+    t, p = t[ok], p[ok]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = float(np.corrcoef(t, p)[0, 1]) if t.size > 1 and t.std() > 0 and p.std() > 0 else float("nan")
+    return {"n": int(t.size), "ccc": ccc(t, p), "pearson": r,
+            "mae": float(np.mean(np.abs(t - p))) if t.size else float("nan")}
