@@ -153,27 +153,34 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, flo
 
 
 def align(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] = ("a", "b")) -> pd.DataFrame:
-    """Two prediction tables joined on ``utt_id`` (``label, pred_a, pred_b``). The utterance sets must match:
-    a paired test over different utterances would compare the test sets, not the models."""
+    """Two prediction tables joined on ``utt_id`` — on ``(utt_id, fold)`` when both have a ``fold`` column, so a
+    plan of repeated splits (an utterance tested in several folds) pairs each test with its counterpart —
+    giving ``label, pred_a, pred_b``. The test rows must match: a paired test over different utterances would
+    compare the test sets, not the models."""
+    key = ["utt_id", "fold"] if "fold" in a.columns and "fold" in b.columns else ["utt_id"]
+    rows = []
     for name, df in zip(names, (a, b), strict=True):
         missing = {"utt_id", "label", "pred"} - set(df.columns)
         if missing:
             raise CompareError(f"{name}: predictions lack columns {sorted(missing)}")
-        if df["utt_id"].duplicated().any():
-            raise CompareError(f"{name}: utterances predicted twice, e.g. {df['utt_id'][df['utt_id'].duplicated()].iloc[0]!r}")
-    only_a, only_b = set(a["utt_id"]) - set(b["utt_id"]), set(b["utt_id"]) - set(a["utt_id"])
+        d = df[[*key, "label", "pred"]].astype({"utt_id": str})
+        if d.duplicated(key).any():
+            raise CompareError(f"{name}: {key} predicted twice, e.g. {d[key][d.duplicated(key)].iloc[0].tolist()}")
+        rows.append(d)
+    m = rows[0].merge(rows[1], on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
+    only_a, only_b = (int((m["_merge"] == side).sum()) for side in ("left_only", "right_only"))
     if only_a or only_b:
-        raise CompareError(f"{names[0]} and {names[1]} were not tested on the same utterances ({len(only_a)} only in "
-                           f"{names[0]}, {len(only_b)} only in {names[1]}, e.g. {sorted(only_a or only_b)[0]!r}): "
-                           "compare runs of the same fold plan")
-    m = a[["utt_id", "label", "pred"]].merge(b[["utt_id", "label", "pred"]], on="utt_id", suffixes=("_a", "_b"))
+        example = m.loc[m["_merge"] != "both", "utt_id"].iloc[0]
+        raise CompareError(f"{names[0]} and {names[1]} were not tested on the same utterances ({only_a} only in "
+                           f"{names[0]}, {only_b} only in {names[1]}, e.g. {example!r}): compare runs of the same "
+                           "fold plan")
     bad = m["label_a"].astype(str) != m["label_b"].astype(str)
     if bad.any():
         raise CompareError(f"{names[0]} and {names[1]} disagree on the true label of {int(bad.sum())} utterances "
                            f"(e.g. {m['utt_id'][bad].iloc[0]!r}): different label maps?")
     # sorted: the resamples then depend on the utterances, not on the order the folds were written in
-    m = m.rename(columns={"label_a": "label"}).drop(columns="label_b")
-    return m.sort_values("utt_id", kind="stable").reset_index(drop=True)
+    m = m.rename(columns={"label_a": "label"}).drop(columns=["label_b", "_merge"])
+    return m.sort_values(key, kind="stable").reset_index(drop=True)
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] = ("a", "b"), n_boot: int = N_BOOT,

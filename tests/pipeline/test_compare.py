@@ -173,3 +173,16 @@ def test_benchmark_significance_block_checks_the_workspace_and_keeps_the_rows(tm
     rows[1]["ua"]["pooled"] = 0.9  # a JSON that these predictions did not produce
     with pytest.raises(SystemExit, match="not the run behind this JSON"):
         significance_block({"rows": rows}, tmp_path)
+
+
+def test_repeated_splits_pair_each_test_with_its_fold():
+    # random_80_20_seeds tests an utterance in several folds: pairs are (utt_id, fold), not utt_id
+    a = pd.DataFrame({"utt_id": ["u1", "u1", "u2"], "fold": [0, 1, 0], "label": ["x", "x", "y"],
+                      "pred": ["x", "y", "y"]})
+    b = a.assign(pred=["y", "x", "y"])
+    c = C.compare_frames(a, b, n_boot=50)
+    assert c.n == 3 and (c.mcnemar_b, c.mcnemar_c) == (1, 1)
+    with pytest.raises(C.CompareError, match="predicted twice"):
+        C.compare_frames(a.drop(columns="fold"), b.drop(columns="fold"))
+    with pytest.raises(C.CompareError, match="1 only in a, 0 only in b"):
+        C.compare_frames(a, b.iloc[:2])
