@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from features.errors import EmoflowError
+from features.errors import EmoflowError, disk_full_error, human_bytes, is_disk_full
 
 FORMAT_VERSION = 1
 _PARTS_SUFFIX = ".parts"
@@ -309,6 +310,9 @@ class FeatureWriter:
 
     # --- locking ---------------------------------------------------------------------------
     def __enter__(self) -> FeatureWriter:
+        if self.path.is_dir():  # refuse before any work is done, not at the final rename
+            raise StoreError(f"{self.path}: is a directory, not a feature file; remove or rename it, or fix the "
+                             "output path (dvc.yaml: outs / --out)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
         while True:
@@ -410,13 +414,17 @@ class FeatureWriter:
         shard = self.parts_dir / f"{self._next_part:06d}.h5"
         self._next_part += 1
         tmp = shard.with_suffix(f".tmp{os.getpid()}")
-        with h5py.File(tmp, "w", locking=False) as f:
-            f.attrs["config_hash"] = self.meta.config_hash
-            g = f.create_group("utts")
-            for utt_id, arr in arrays.items():
-                _write_array(g, utt_id, arr, checksums[utt_id])
-        _fsync(tmp)
-        os.replace(tmp, shard)
+        try:
+            with _h5_create(tmp) as f:
+                f.attrs["config_hash"] = self.meta.config_hash
+                g = f.create_group("utts")
+                for utt_id, arr in arrays.items():
+                    _write_array(g, utt_id, arr, checksums[utt_id])
+            os.replace(tmp, shard)
+        except OSError as e:
+            needed = sum(np.asarray(a).nbytes for a in arrays.values()) + 4096 * (len(arrays) + 1)
+            raise _write_error(shard, e, needed, f"the {len(self._in_parts)} utterance(s) finished before are kept "
+                               f"in {self.parts_dir}") from None
         for utt_id in arrays:
             self._in_parts[utt_id] = (shard, checksums[utt_id])
         return shard
@@ -437,7 +445,7 @@ class FeatureWriter:
             return {"total": len(wanted), "reused": len(wanted), "computed": 0}
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         try:
-            with h5py.File(tmp, "w", locking=False) as out:
+            with _h5_create(tmp) as out:
                 self.meta.write_attrs(out)
                 g = out.create_group("utts")
                 # Every utterance is copied in utt_id order whatever its source (the previous file or any shard),
@@ -452,14 +460,22 @@ class FeatureWriter:
                         src = handles.get(sources[utt_id])
                         src.copy(src["utts"][utt_id], g, name=utt_id)
                 out.attrs["n_utts"] = len(g)
-            _fsync(tmp)
             os.replace(tmp, self.path)
+        except OSError as e:
+            kept = (f"{self.path} is unchanged" if self.path.exists() else f"{self.path} was not written") + \
+                f" and the finished batches are kept in {self.parts_dir}"
+            raise _write_error(self.path, e, self._commit_size(), kept) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         stats = {"total": len(wanted), "reused": len(self._reused), "computed": len(wanted) - len(self._reused)}
         return stats
+
+    def _commit_size(self) -> int:
+        """Bytes the merged file needs, about: the shards plus the reused part of the previous file."""
+        size = sum(p.stat().st_size for p in {s for s, _ in self._in_parts.values()} if p.exists())
+        return size + (self.path.stat().st_size if self._reused and self.path.is_file() else 0)
 
     def _file_is_exact(self, wanted: dict[str, str]) -> bool:
         with _open_ro(self.path) as f:
@@ -492,12 +508,104 @@ class _HandleCache:
         self._open.clear()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+class _Sink(io.RawIOBase):
+    """The file object HDF5 writes a new file through (h5py's ``fileobj`` driver).
+
+    When the disk fills up mid-write, HDF5 writing straight to a file is left with a handle it can neither flush
+    nor close: it printed a page of tracebacks and then crashed the interpreter at exit (SIGSEGV). Here the first
+    ``OSError`` (ENOSPC, EFBIG, EIO, ...) is recorded and the remaining writes are skipped, so HDF5 closes the file
+    cleanly and :func:`_h5_create` raises that error; the half-written temp file is then deleted.
+    """
+
+    def __init__(self, path: Path):
+        self._f = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed in close())
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+    def write(self, b) -> int:
+        view = memoryview(b).cast("B")
+        n = len(view)
+        if self.error is None:
+            try:
+                while view:
+                    view = view[self._f.write(view):]
+                return n
+            except OSError as e:
+                self.error = e
+        self._f.seek(len(view), 1)  # pretend, so HDF5 finishes and closes; the file is discarded
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self._f.truncate(size)
+            except OSError as e:
+                self.error = e
+        return self._f.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self._f.closed:
+            try:
+                if self.error is None:
+                    os.fsync(self._f.fileno())  # the rename that follows must not publish unwritten data
+            except OSError as e:
+                self.error = e
+            finally:
+                self._f.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def _h5_create(tmp: Path):
+    """A new HDF5 file at ``tmp`` (fsynced when the block ends). Raises the first ``OSError`` a write hit, after
+    HDF5 closed cleanly; on any failure ``tmp`` is removed."""
+    sink = _Sink(tmp)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            with h5py.File(sink, "w") as f:
+                yield f
+        except Exception as e:
+            sink.close()
+            # after a failed write HDF5 may trip over what it believes it wrote: report the write error itself
+            if sink.error is not None:
+                raise sink.error from e
+            raise
+        sink.close()
+        if sink.error is not None:
+            raise sink.error
+    except BaseException:
+        sink.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _write_error(path: Path, e: OSError, needed: int | None, kept: str) -> EmoflowError:
+    """One line for a failed write: a full disk (needed vs free), or an unwritable place."""
+    if is_disk_full(e):
+        return disk_full_error(path, e, needed, kept)
+    return StoreError(f"{path}: cannot write ({e.strerror or e}); {kept}; check that the folder is writable "
+                      f"(about {human_bytes(needed)} needed) and rerun")
 
 
 # --- inspection (``emoflow features ls | info | verify``) ---------------------------------------------------

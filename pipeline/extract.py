@@ -19,7 +19,7 @@ import pandas as pd
 
 from features.audio import AudioConfig, AudioError, load_audio
 from features.base import Extractor, get_extractor
-from features.errors import ConfigError, EmoflowError
+from features.errors import ConfigError, EmoflowError, free_bytes, human_bytes
 from features.store import FeatureWriter, FileMeta, StoreError, text_sha256
 
 log = logging.getLogger("emoflow.extract")
@@ -44,6 +44,28 @@ def source_checksums(extractor: Extractor, manifest: pd.DataFrame) -> dict[str, 
     if extractor.input == "text":
         return {u: text_sha256(t) for u, t in zip(manifest["utt_id"], manifest["transcript"].fillna(""), strict=True)}
     return dict(zip(manifest["utt_id"], manifest["audio_sha256"], strict=True))
+
+
+def estimate_output_bytes(extractor: Extractor, rows: list[dict]) -> int | None:
+    """Bytes the feature arrays of ``rows`` take, about (float32, ``duration / frame_shift`` frames × ``dim``);
+    None when the extractor's output size is not known in advance (text, variable dims)."""
+    dim, shift = extractor.dim, extractor.frame_shift
+    if dim is None or extractor.input == "text":
+        return None
+    if shift is None:  # one vector per utterance
+        return 4 * dim * len(rows)
+    seconds = sum(float(r.get("duration") or 0.0) for r in rows)
+    return int(4 * dim * (seconds / shift + len(rows)))
+
+
+def disk_space_warning(out_path: Path, needed: int | None, free: int | None) -> str | None:
+    """A warning when ``free`` bytes are clearly too few: the shards and the merged file coexist until the
+    commit, so a run needs about twice the arrays' size."""
+    if needed is None or free is None or free >= 2 * needed:
+        return None
+    return (f"{out_path}: this extraction needs about {human_bytes(2 * needed)} while it runs (shards + the merged "
+            f"file), only {human_bytes(free)} free; it will stop with 'no space left' unless you free some space "
+            "(finished batches are kept either way)")
 
 
 def audio_root_of(root: str | Path) -> Path:
@@ -150,6 +172,10 @@ def extract_features(
     with FeatureWriter(out_path, meta) as writer:
         todo = writer.plan(wanted)
         resumed, reused = writer.n_resumed, writer.n_reused
+        warning = disk_space_warning(out_path, estimate_output_bytes(extractor, [rows_by_id[u] for u in todo]),
+                                     free_bytes(out_path.parent))
+        if warning:
+            log.warning(warning)  # logging's last-resort handler prints it on stderr when nothing is configured
         log.info("%s: %d utterances, %d to compute (%d reused, %d resumed from a killed run)",
                  extractor.name, len(wanted), len(todo), reused, resumed)
         batches = [[rows_by_id[u] for u in todo[i : i + batch_size]] for i in range(0, len(todo), batch_size)]
