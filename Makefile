@@ -28,11 +28,13 @@ test: $(STAMP)
 	bash tests/setup_system.sh
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 
-# Throughput benchmarks (JSON in benchmarks/results/, with machine info). The encoder rows need the demo models:
+# Throughput benchmarks (JSON in benchmarks/results/, with machine info; store_read.json: FeatureReader vs raw
+# h5py, interleaved rounds, medians). The encoder rows need the demo models:
 # run `make demo` (or `dvc repro demo_data`) first, else they are reported as failed with the reason.
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.extract --offline --params params.yaml
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.train
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.store
 
 # Accuracy on real speech (RAVDESS, ../shared/corpora/ravdess): every model of params.ravdess.yaml and the
 # baselines through the pipeline's stages, same folds, one run, plus the closed-form probe and two papers'-recipe

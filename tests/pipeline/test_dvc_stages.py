@@ -43,6 +43,10 @@ def proj(tmp_path):
 def test_committed_dvc_yaml_is_the_generated_one():
     text = (ROOT / "dvc.yaml").read_text()
     assert update_dvc_yaml(text, PARAMS) == text, "dvc.yaml is stale: run `emoflow stage dvc-yaml`"
+    for name in PARAMS["train"]["models"]:  # every input is some stage's output: `dvc repro` can make it
+        req = models.requirements(name, PARAMS["models"][name])
+        assert set(req.features) <= set(PARAMS["extract"]["features"]), name
+        assert req.fold_plan in PARAMS["folds"]["plans"], name
 
 
 def test_train_stages_depend_on_their_own_features_plan_and_result_params(proj):
