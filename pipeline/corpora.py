@@ -180,7 +180,7 @@ def _resolve_label_map(label_map, named: Mapping[str, Mapping[str, str]], defaul
 #: Named label maps for CSV/Parquet corpora (None = keep labels as they are).
 GENERIC_LABEL_MAPS: dict[str, dict[str, str]] = {}
 
-_OPTIONAL = ("utt_id", "speaker", "session", "gender", "subset", "transcript", "start", "end")
+_OPTIONAL = ("utt_id", "speaker", "session", "gender", "subset", "transcript", "start", "end", *VAD_COLUMNS)
 
 
 def _read_table(file: Path) -> pd.DataFrame:
@@ -255,7 +255,8 @@ def _table_to_manifest(
         bad = vals.isna() & ~blank
         if bad.any():
             rows = np.flatnonzero(bad.to_numpy())[:5] + 1
-            raise ManifestError(f"{file}: column {col!r} must be seconds; bad values in data row(s) {rows.tolist()}")
+            unit = "seconds" if col in ("start", "end") else "numbers"
+            raise ManifestError(f"{file}: column {col!r} must be {unit}; bad values in data row(s) {rows.tolist()}")
         return vals.to_numpy(dtype="float64")
 
     start, end = num("start"), num("end")
@@ -286,6 +287,9 @@ def _table_to_manifest(
             "transcript": table["transcript"].astype(str) if "transcript" in table.columns else text["transcript"],
         }
     )
+    vad = [c for c in VAD_COLUMNS if c in table.columns]  # dimensional targets, when the table has them
+    for c in vad:
+        df[c] = num(c)
     df = df[keep].reset_index(drop=True)
     abs_paths = [p for p, k in zip(abs_paths, keep, strict=True) if k]
     dups = df["utt_id"][df["utt_id"].duplicated()].unique().tolist()
@@ -296,7 +300,7 @@ def _table_to_manifest(
         )
     df, abs_paths = _drop_missing(df, abs_paths, missing_audio, str(file))
     df["duration"], df["audio_sha256"] = _audio_stats(abs_paths, df["start"].to_numpy(), df["end"].to_numpy(), jobs)
-    return df[list(REQUIRED_COLUMNS)]
+    return df[list(REQUIRED_COLUMNS) + vad]
 
 
 @register_adapter("manifest")

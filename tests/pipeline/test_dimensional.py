@@ -58,3 +58,17 @@ def test_iemocap_adapter_keeps_vad_including_out_of_range_values(tmp_path):
     assert tuple(df.loc[utt, list(VAD_COLUMNS)]) == (5.5, 0.5, 3.25)  # kept as written, not clipped
     others = df.drop(index=utt)[list(VAD_COLUMNS)]
     assert (others == 2.5).all().all() and len(others) > 0
+
+
+def test_manifest_adapter_accepts_vad_columns(tmp_path, wav_factory):
+    for i in range(3):
+        wav_factory(tmp_path / f"a{i}.wav")
+    (tmp_path / "c.csv").write_text("path,label,valence,arousal\na0.wav,neu,2.5,3\na1.wav,ang,,4.5\na2.wav,sad,1,1\n")
+    df = build_manifest("manifest", tmp_path / "c.csv").set_index("utt_id")
+    assert "dominance" not in df.columns and df.loc["a0", "valence"] == 2.5 and df.loc["a1", "arousal"] == 4.5
+    assert math.isnan(df.loc["a1", "valence"])  # blank = not annotated
+    (tmp_path / "bad.csv").write_text("path,label,valence\na0.wav,neu,high\n")
+    from pipeline.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match="column 'valence' must be numbers"):
+        build_manifest("manifest", tmp_path / "bad.csv")
