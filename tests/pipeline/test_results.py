@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.demo_corpus import CLASSES
@@ -101,3 +102,21 @@ def test_dvc_metrics_show_fits_200_columns_per_model(tmp_path):
     assert "recall.ang" in lines[0] and "f1.pooled" in lines[0], lines[0]
     widest = max(len(ln.rstrip()) for ln in lines)
     assert widest <= 200, f"{widest} columns:\n{p.stdout}"
+
+
+def test_accuracy_benchmark_reads_a_finished_run_from_the_two_files(tmp_path):
+    """benchmarks/accuracy.py --collect: a row from results/<model>/ as the flow now writes it."""
+    from benchmarks.accuracy import collect_results, summarise
+
+    full = _result("cat")
+    full["features"]["logmel40"]["weights"] = "none"
+    metrics, record = split_result(full)
+    out = tmp_path / "cat"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "run.json").write_text(json.dumps(record))
+    row = summarise("cat", collect_results(out), baseline_ua=0.5)
+    assert row["ua"]["pooled"] == pytest.approx(full["ua"]["pooled"] / 100)
+    assert row["per_class_recall_pooled"] == {c: v["pooled"] for c, v in full["per_class_recall"].items()}
+    assert row["fold_plan"] == "loso" and row["best_epochs"] == [1] and row["train_s"] == 3.5
+    assert row["ua_minus_classical"] == pytest.approx(full["ua"]["pooled"] / 100 - 0.5)
