@@ -16,8 +16,25 @@ from pipeline.extract import audio_root_of
 from pipeline.folds import FoldError, make_folds
 from pipeline.manifest import ManifestError
 
+ROOT = Path(__file__).resolve().parents[2]
 RAVDESS = Path(os.environ.get("EMOFLOW_RAVDESS", Path(__file__).resolve().parents[3] / "shared/corpora/ravdess"))
 CLASSES = ["ang", "hap", "neu", "sad"]
+
+
+def test_crosscorpus_params_are_valid():
+    """params.crosscorpus.yaml: its corpora parse, every model runs the cross_corpus plan on extracted features."""
+    import models
+    from pipeline.params import load_params
+
+    p = load_params(ROOT / "params.crosscorpus.yaml")
+    ds = p["dataset"]
+    assert ds["name"] == "combined" and [c.id for c in parse_corpora(ds["options"]["corpora"])] == ["demo", "rav"]
+    assert ds["options"]["classes"] == CLASSES and p["folds"]["plans"] == ["cross_corpus"]
+    assert p["folds"]["options"]["cross_corpus"]["test"] == "rav"
+    for name in p["train"]["models"]:
+        req = models.requirements(name, p["models"].get(name))
+        assert req.fold_plan == "cross_corpus", name
+        assert set(req.features) <= set(p["extract"]["features"]), name
 
 
 def test_reconcile_lists_every_unmapped_label_of_every_corpus():
@@ -104,7 +121,7 @@ def test_demo_to_ravdess_through_the_pipeline_stages(two_corpora, prefect_harnes
     from pipeline import stages
 
     root, corpora = two_corpora
-    params = yaml.safe_load(Path("params.crosscorpus.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.crosscorpus.yaml").read_text())
     params["dataset"].update(root=str(root / "demo"), options={"classes": CLASSES, "corpora": corpora})
     params["extract"]["features"] = ["functionals"]
     params["train"]["models"] = ["classical"]
