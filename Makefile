@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test bench bench-accuracy lint clean
+.PHONY: demo test bench bench-accuracy bench-predict lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -35,6 +35,11 @@ bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.extract --offline --params params.yaml
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.train
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.store
+
+# `emoflow predict` latency (one 5-s file, cold and warm) and throughput (100 files) on CPU; builds a small demo
+# run under .emoflow/predict-demo first when there is none (~2 min on 2 cores).
+bench-predict: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benchmarks.predict
 
 # Accuracy on real speech (RAVDESS, ../shared/corpora/ravdess): every model of params.ravdess.yaml and the
 # baselines through the pipeline's stages, same folds, one run, plus the closed-form probe and two papers'-recipe

@@ -14,7 +14,7 @@ Sources
 
 Compatibility
     Both loaders refuse (one line naming the mismatch) a model whose feature extractor version/config hash or
-    training-code version (``pipeline.flows.code_version``) differs from the installed package: features computed
+    training-code version (``pipeline.codehash.code_version``) differs from the installed package: features computed
     by another extractor version would silently feed the model inputs it never saw. ``force=True`` overrides it
     with a warning.
 """
@@ -35,12 +35,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from features.errors import EmoflowError
 from pipeline.data import Normalizer
-
-try:  # the project-wide error base (features/errors.py) where this checkout has it
-    from features.errors import EmoflowError as _ErrorBase  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the checkout
-    _ErrorBase = RuntimeError
 
 BUNDLE_FILE = "emoflow-model.json"
 BUNDLE_FORMAT = 1
@@ -49,7 +45,7 @@ RUN_SUMMARY = ("corpus", "fold_plan", "plan_hash", "n_folds", "folds", "comparab
                "not_comparable_because", "random_weights_features", "paper", "select_on", "git", "started")
 
 
-class PredictError(_ErrorBase):
+class PredictError(EmoflowError, RuntimeError):
     """A model that cannot be loaded or run as asked; the message names the file/setting and what to do."""
 
 
@@ -108,7 +104,7 @@ class Predictor:
 def mismatches(p: Predictor) -> list[str]:
     """What differs between the model's recorded extractors/code and the installed package (empty: compatible)."""
     from features.base import config_hash, extractor_class
-    from pipeline.flows import code_version
+    from pipeline.codehash import code_version  # not via pipeline.flows: no Prefect import on a cold start
 
     out = []
     for name, spec in sorted(p.features.items()):

@@ -45,12 +45,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from features.errors import EmoflowError
+from pipeline.codehash import CODE_FILES, code_version  # noqa: F401  (the cache keys' code version; re-exported)
 from pipeline.metrics import aggregate_folds, compute_metrics, confusion_markdown
 from pipeline.results import split_result
 
 ROOT = Path(__file__).resolve().parent.parent
-#: source files whose content is part of every fold's cache key
-CODE_FILES = ("pipeline/data.py", "pipeline/train.py", "pipeline/metrics.py")
 DEFAULT_STORAGE = ".emoflow/prefect"
 TASK_RUNNERS = ("threads", "processes", "dask")
 
@@ -64,16 +63,6 @@ class FlowError(EmoflowError, RuntimeError):
 
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def code_version() -> str:
-    """sha256 over the training code and every model module (content, not the git revision: an unrelated
-    commit does not invalidate finished folds, any change to the code that trains them does)."""
-    h = hashlib.sha256()
-    files = [ROOT / f for f in CODE_FILES] + sorted((ROOT / "models").glob("*.py"))
-    for p in files:
-        h.update(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def git_revision(cwd: str | Path = ROOT) -> dict[str, Any]:

@@ -111,6 +111,23 @@ def _store_table(inputs: pd.DataFrame) -> pd.DataFrame:
     return inputs.assign(utt_id=ids, audio_sha256=shas, transcript=text)
 
 
+def transcribe_missing(inputs: pd.DataFrame, cache_path: str | Path, *, progress: bool = False) -> pd.DataFrame:
+    """Rows without a transcript get Whisper's (:func:`pipeline.transcribe.transcribe_manifest`, the offline default
+    model, cached by audio checksum in ``cache_path``); given transcripts are kept."""
+    from pipeline.transcribe import AsrConfig, transcribe_manifest
+
+    todo = inputs["transcript"].isna().to_numpy()
+    if not todo.any():
+        return inputs
+    table = _store_table(inputs[todo])
+    out, _ = transcribe_manifest(table.drop_duplicates("utt_id"), AsrConfig(), cache_path, audio_root="/",
+                                 progress=progress)
+    text = dict(zip(out["utt_id"], out["transcript"], strict=True))
+    filled = inputs.copy()
+    filled.loc[todo, "transcript"] = [text[u] for u in table["utt_id"]]
+    return filled
+
+
 # ----------------------------------------------------------------------------------------------- features
 
 
@@ -126,7 +143,7 @@ def extract_inputs(p: Predictor, inputs: pd.DataFrame, store_dir: str | Path, *,
     if p.needs_text and inputs["transcript"].isna().any():
         bad = inputs.loc[inputs["transcript"].isna(), "file"].tolist()
         raise PredictError(f"{p.model} reads transcripts and {len(bad)} input(s) have none (e.g. {bad[0]}); pass "
-                           "--transcript TEXT (one file) or a --manifest table with a `transcript` column")
+                           "--transcript TEXT (one file), a --manifest table with a `transcript` column, or --asr")
     table = _store_table(inputs)
     ids = table["utt_id"].tolist()
     table = table.drop_duplicates("utt_id")  # the same audio given twice is computed once
@@ -187,12 +204,18 @@ def ensemble(p: Predictor, readers: dict, utt_ids: list[str], fold: int | None =
 
 
 def predict(p: Predictor, inputs: pd.DataFrame, *, store_dir: str | Path | None = None, fold: int | None = None,
-            batch_size: int = 32, device: str = "cpu", jobs: int = 1, progress: bool = False) -> pd.DataFrame:
-    """``file, pred, prob_<class>…, duration_s, folds, warning`` per input row (see the module docstring)."""
-    audio = next(iter(p.features.values())).audio if p.features else {}
+            batch_size: int = 32, device: str = "cpu", jobs: int = 1, asr: bool = False,
+            progress: bool = False) -> pd.DataFrame:
+    """``file, pred, prob_<class>…, duration_s, folds, warning`` (+ ``transcript`` for text models) per input row
+    (see the module docstring); ``asr``: transcribe inputs without a transcript (text models)."""
+    audio = next((f.audio for f in p.features.values() if f.input == "audio"), {})
     probed = probe_audio(inputs, audio)
     with tempfile.TemporaryDirectory(prefix="emoflow-predict-") as tmp:
-        readers, ids, _ = extract_inputs(p, inputs, store_dir or tmp, jobs=jobs, progress=progress)
+        store = Path(store_dir or tmp)
+        if asr and p.needs_text:
+            inputs = transcribe_missing(inputs, store / "asr_cache.h5", progress=progress)
+            probed = probed.assign(transcript=inputs["transcript"].to_numpy())
+        readers, ids, _ = extract_inputs(p, inputs, store, jobs=jobs, progress=progress)
         try:
             probs = ensemble(p, readers, ids, fold, batch_size=batch_size, device=device)
         finally:
@@ -214,6 +237,8 @@ def _table(p: Predictor, probed: pd.DataFrame, probs: np.ndarray, fold: int | No
     for i in np.flatnonzero(~ok):
         notes[i] = "; ".join(filter(None, [notes[i], "too short for one segment of the model: no prediction"]))
     out["warning"] = notes
+    if p.needs_text:
+        out["transcript"] = probed["transcript"].to_numpy()
     return out
 
 
@@ -265,4 +290,4 @@ def format_table(df: pd.DataFrame, labels: Iterable[str]) -> str:
 
 
 __all__ = ["collect_inputs", "ensemble", "extract_inputs", "fold_probabilities", "format_table", "load_predictor",
-           "predict", "predict_files", "probe_audio", "write_table"]
+           "predict", "predict_files", "probe_audio", "transcribe_missing", "write_table"]

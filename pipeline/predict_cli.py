@@ -38,6 +38,7 @@ def cli_predict(
     batch_size: int = typer.Option(32, "--batch-size"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     jobs: int = typer.Option(1, "--jobs", help="extraction processes"),
+    asr: bool = typer.Option(False, "--asr", help="text models: transcribe files without a transcript (Whisper)"),
     results: Path = RESULTS,
     force: bool = FORCE,
 ):
@@ -46,7 +47,7 @@ def cli_predict(
 
     p, df = _one_line(predict_files, paths or [], model=model, bundle=bundle, results_dir=results,
                       manifest=manifest, transcript=transcript, force=force, fold=fold, store_dir=store,
-                      batch_size=batch_size, device=device, jobs=jobs)
+                      batch_size=batch_size, device=device, jobs=jobs, asr=asr)
     typer.echo(format_table(df, p.labels))
     if out is not None:
         typer.echo(f"→ {_one_line(write_table, df, out)}")

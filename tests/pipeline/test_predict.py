@@ -202,3 +202,36 @@ def test_cli_predict_and_export(run, tmp_path):
     assert [r["file"] for r in json.loads((tmp_path / "p.json").read_text())] == files
     res = cli.invoke(app, ["predict", "--model", "ilt", "--results", str(tmp_path / "none"), *files])
     assert res.exit_code == 2 and "error:" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_transcripts_for_text_models(run, tmp_path):
+    from pipeline.bundle import FeatureSpec
+
+    p = load_run("ilt", run["results"])
+    p.features["glove"] = FeatureSpec("glove", "1", {}, "0" * 64, {}, input="text")  # as a multimodal model has
+    files = _files_of(run, run["preds"]["utt_id"][:2])
+    with pytest.raises(PredictError, match=r"reads transcripts and 2 input\(s\) have none.*--asr"):
+        extract_inputs(p, collect_inputs(files), tmp_path / "s")
+    with pytest.raises(PredictError, match="--transcript is for one file"):
+        collect_inputs(files, transcript="hello")
+    assert collect_inputs(files[:1], transcript="hello")["transcript"].tolist() == ["hello"]
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"utt_id": ["a", "b"], "path": [Path(f).relative_to(run["corpus"]) for f in files],
+                  "transcript": ["one", ""]}).to_csv(table, index=False)
+    shutil.copytree(run["corpus"] / "wav", tmp_path / "wav")
+    got = collect_inputs(manifest=table)
+    assert got["file"].tolist() == ["a", "b"] and got["transcript"].tolist() == ["one", None]
+    assert got["path"].tolist() == [str(tmp_path / Path(f).relative_to(run["corpus"])) for f in files]
+
+
+@pytest.mark.slow
+def test_asr_fills_only_missing_transcripts(run, tmp_path):
+    pytest.importorskip("faster_whisper")
+    from pipeline.predict import transcribe_missing
+
+    files = _files_of(run, run["preds"]["utt_id"][:2])
+    inputs = collect_inputs(files)
+    inputs.loc[0, "transcript"] = "given"
+    out = transcribe_missing(inputs, tmp_path / "asr.h5")
+    assert out["transcript"][0] == "given" and isinstance(out["transcript"][1], str)
+    assert inputs["transcript"].isna().sum() == 1  # the caller's table is not changed
