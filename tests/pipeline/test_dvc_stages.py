@@ -101,6 +101,13 @@ def test_runtime_settings_and_other_features_leave_a_train_stage_up_to_date(proj
     assert f"data/features/{req.features[0]}.h5" in _dvc(proj, "dvc", "status", "train@ilt")
 
 
+def test_runtime_only_keys_cover_the_training_loops():
+    from pipeline.dvc_stages import RUNTIME_ONLY
+    from pipeline.train import RUNTIME_KEYS
+
+    assert set(RUNTIME_KEYS) <= set(RUNTIME_ONLY)  # a new runtime key of the loop must not become a DVC param
+
+
 def test_generator_follows_overrides_and_names_a_missing_section():
     p = {**PARAMS, "models": {**PARAMS["models"], "rlc": {**PARAMS["models"]["rlc"], "use_text": True,
                                                            "fold_plan": "loso"}},
