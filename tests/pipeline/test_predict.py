@@ -220,7 +220,7 @@ def test_transcripts_for_text_models(run, tmp_path):
                   "transcript": ["one", ""]}).to_csv(table, index=False)
     shutil.copytree(run["corpus"] / "wav", tmp_path / "wav")
     got = collect_inputs(manifest=table)
-    assert got["file"].tolist() == ["a", "b"] and got["transcript"].tolist() == ["one", None]
+    assert got["file"].tolist() == ["a", "b"] and got["transcript"][0] == "one" and pd.isna(got["transcript"][1])
     assert got["path"].tolist() == [str(tmp_path / Path(f).relative_to(run["corpus"])) for f in files]
 
 
