@@ -235,3 +235,20 @@ def test_asr_fills_only_missing_transcripts(run, tmp_path):
     out = transcribe_missing(inputs, tmp_path / "asr.h5")
     assert out["transcript"][0] == "given" and isinstance(out["transcript"][1], str)
     assert inputs["transcript"].isna().sum() == 1  # the caller's table is not changed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, feature, train", [
+    # paper E's segment voting: windows of 0.5 s (the demo utterances are 0.6-1.2 s), logits averaged per utterance
+    ("head_fusion", "mfcc13", {"segment_s": 0.5, "train_hop_s": 0.25, "test_hop_s": 0.2, "drop_short": False,
+                               "fixed_frames": None, "normalize": None, "subset": "all"}),
+    # closed form: the fitted scaler and weights are buffers of the module
+    ("classical", "functionals", {"fixed_frames": None, "normalize": None}),
+])
+def test_other_input_paths_reproduce_cv_predictions(prefect_harness, tmp_path, model, feature, train):
+    run = build_run(tmp_path, model, feature, train=train)
+    p = load_run(model, run["results"])
+    cv = run["preds"][run["preds"]["fold"] == 0].sort_values("utt_id")
+    out = predict(p, collect_inputs(_files_of(run, cv["utt_id"])), fold=0)
+    np.testing.assert_allclose(out[_prob_cols(out)].to_numpy(), cv[_prob_cols(cv)].to_numpy(), atol=1e-5)
+    assert out["pred"].tolist() == cv["pred"].tolist()
