@@ -32,6 +32,7 @@ import io
 import json
 import os
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -100,6 +101,10 @@ def _check_utt_id(utt_id: str) -> str:
     return utt_id
 
 
+_REQUIRED_ATTRS = ("extractor", "extractor_version", "config", "config_hash", "dim", "frame_shift", "input",
+                   "provenance", "audio", "code_version", "packages")
+
+
 @dataclass
 class FileMeta:
     """The file-level attributes of a feature file (what ``emoflow features info`` prints)."""
@@ -155,6 +160,14 @@ class FileMeta:
     @classmethod
     def read_attrs(cls, h5: h5py.File, path: Path) -> FileMeta:
         a = h5.attrs
+        fmt = a.get("format")
+        if fmt is not None and int(fmt) != FORMAT_VERSION:
+            raise StoreError(f"{path}: written in store format {int(fmt)} by another emoflow version (this one reads "
+                             f"format {FORMAT_VERSION}); {rerun_hint(path)}")
+        missing = [k for k in _REQUIRED_ATTRS if k not in a]
+        if missing:
+            raise StoreError(f"{path}: not an emoflow feature file, or one from an older version (attribute(s) "
+                             f"{missing} missing); {rerun_hint(path)}")
         try:
             dim = int(a["dim"])
             fs = float(a["frame_shift"])
@@ -173,9 +186,17 @@ class FileMeta:
             )
         except KeyError as e:
             raise StoreError(
-                f"{path}: not an emoflow feature file (attribute {e} missing); delete it and run "
-                f"`dvc repro` (or `emoflow stage extract`) again"
+                f"{path}: not an emoflow feature file, or one from an older version (attribute {e} missing); "
+                f"{rerun_hint(path)}"
             ) from None
+
+
+def rerun_hint(path: Path) -> str:
+    """What to do about a damaged or outdated feature file: recompute it (DVC replaces it atomically)."""
+    path = Path(path)
+    name = path.parent.name.removesuffix(".h5" + _PARTS_SUFFIX) if path.parent.name.endswith(_PARTS_SUFFIX) \
+        else path.stem
+    return f"rerun `dvc repro extract@{name}` (or `emoflow features verify {name}` to see every problem)"
 
 
 def _open_ro(path: Path) -> h5py.File:
@@ -186,7 +207,12 @@ def _open_ro(path: Path) -> h5py.File:
     except FileNotFoundError:
         raise StoreError(f"{path}: feature file not found; run `dvc repro extract@<name>` or `dvc pull`") from None
     except OSError as e:
-        raise StoreError(f"{path}: unreadable HDF5 file ({e}); delete it and extract again") from None
+        raise StoreError(f"{path}: unreadable HDF5 file, truncated or damaged ({_first_line(e)}); "
+                         f"{rerun_hint(path)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 class FeatureReader:
@@ -228,10 +254,18 @@ class FeatureReader:
         group = self._group if self._pid == os.getpid() and self._group is not None else self._utts()
         try:
             dsid = h5py.h5d.open(group.id, utt_id.encode())
-        except KeyError:
-            raise MissingUtteranceError(f"{utt_id!r} is not in {self.path} (re-run extraction for the current "
-                                        "manifest)") from None
-        return _read_whole(dsid)
+        except (KeyError, OSError) as e:
+            if isinstance(e, KeyError) and not group.id.links.exists(utt_id.encode()):
+                raise MissingUtteranceError(f"{utt_id!r} is not in {self.path} (re-run extraction for the current "
+                                            "manifest)") from None
+            # the name is there but its object header is damaged: one line, not an HDF5 traceback mid-fold
+            raise StoreError(f"{self.path}: utterance {utt_id!r} is unreadable, the file is damaged "
+                             f"({_first_line(e)}); {rerun_hint(self.path)}") from None
+        try:
+            return _read_whole(dsid)
+        except OSError as e:
+            raise StoreError(f"{self.path}: utterance {utt_id!r} is unreadable, the file is damaged "
+                             f"({_first_line(e)}); {rerun_hint(self.path)}") from None
 
     def __contains__(self, utt_id: object) -> bool:
         return isinstance(utt_id, str) and utt_id in self._utts()
@@ -243,10 +277,27 @@ class FeatureReader:
         return list(self._utts().keys())
 
     def source_sha256(self, utt_id: str) -> str:
-        return str(self._utts()[utt_id].attrs["source_sha256"])
+        return str(self._dataset(utt_id).attrs["source_sha256"])
 
     def checksums(self) -> dict[str, str]:
-        return {k: str(d.attrs["source_sha256"]) for k, d in self._utts().items()}
+        return {k: str(self._dataset(k).attrs["source_sha256"]) for k in self._utts()}
+
+    def _dataset(self, utt_id: str) -> h5py.Dataset:
+        """One utterance's dataset; a damaged one (h5py gives None, or raises) is a one-line StoreError."""
+        try:
+            ds = self._utts()[utt_id]
+            if ds is not None:
+                return ds
+            why = "its object header cannot be read"
+        except KeyError as e:
+            if not self._utts().id.links.exists(utt_id.encode()):
+                raise MissingUtteranceError(f"{utt_id!r} is not in {self.path} (re-run extraction for the "
+                                            "current manifest)") from None
+            why = _first_line(e)
+        except OSError as e:
+            why = _first_line(e)
+        raise StoreError(f"{self.path}: utterance {utt_id!r} is unreadable, the file is damaged ({why}); "
+                         f"{rerun_hint(self.path)}")
 
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
@@ -282,6 +333,13 @@ def _write_array(group: h5py.Group, utt_id: str, array: np.ndarray, source_sha25
         raise StoreError(f"{utt_id}: extractor returned an object array; features must be numeric arrays")
     ds = group.create_dataset(_check_utt_id(utt_id), data=array)
     ds.attrs["source_sha256"] = source_sha256
+    # HDF5 has no checksum on contiguous data: without one a flipped bit on disk reads back as a wrong number
+    ds.attrs["crc32"] = np.uint32(data_crc32(array))
+
+
+def data_crc32(array: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order), as stored in each utterance's ``crc32`` attribute."""
+    return zlib.crc32(np.ascontiguousarray(array).view(np.uint8).reshape(-1)) if array.size else 0
 
 
 class FeatureWriter:
@@ -642,10 +700,30 @@ def info(path: str | Path) -> dict[str, Any]:
         r.close()
 
 
+def _check_utterance(utt_id: str, ds, dim: int | None) -> list[str]:
+    if not isinstance(ds, h5py.Dataset):
+        return [f"{utt_id}: not a dataset"]
+    problems = []
+    if "source_sha256" not in ds.attrs:
+        problems.append(f"{utt_id}: no source_sha256 attribute")
+    if not np.issubdtype(ds.dtype, np.number):
+        return problems + [f"{utt_id}: non-numeric dtype {ds.dtype}"]
+    if dim is not None and ds.ndim >= 1 and ds.shape[-1] != dim and ds.size:
+        problems.append(f"{utt_id}: last dimension {ds.shape[-1]} != dim {dim}")
+    arr = ds[()]
+    if "crc32" in ds.attrs and data_crc32(arr) != int(ds.attrs["crc32"]):
+        problems.append(f"{utt_id}: data checksum mismatch — the stored bytes changed after they were written "
+                        "(disk or copy corruption)")
+    elif np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        problems.append(f"{utt_id}: contains NaN/inf")
+    return problems
+
+
 def verify(path: str | Path, expected: dict[str, str] | None = None) -> list[str]:
     """Check a feature file without recomputing anything. Returns a list of problems (empty = OK).
 
-    Checks the file-level attributes, every array (numeric, finite, last dimension = ``dim``), and — when
+    Checks the file-level attributes, every array (readable, numeric, its CRC-32 when the file records one,
+    finite, last dimension = ``dim``), and — when
     ``expected`` (``{utt_id: source_sha256}`` from the manifest) is given — that the file holds exactly those
     utterances with matching checksums.
     """
@@ -656,20 +734,12 @@ def verify(path: str | Path, expected: dict[str, str] | None = None) -> list[str
         return [str(e)]
     try:
         dim = r.meta.dim
-        for utt_id, ds in r._utts().items():
-            if not isinstance(ds, h5py.Dataset):
-                problems.append(f"{utt_id}: not a dataset")
-                continue
-            if "source_sha256" not in ds.attrs:
-                problems.append(f"{utt_id}: no source_sha256 attribute")
-            if not np.issubdtype(ds.dtype, np.number):
-                problems.append(f"{utt_id}: non-numeric dtype {ds.dtype}")
-                continue
-            if dim is not None and ds.ndim >= 1 and ds.shape[-1] != dim and ds.size:
-                problems.append(f"{utt_id}: last dimension {ds.shape[-1]} != dim {dim}")
-            arr = ds[()]
-            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-                problems.append(f"{utt_id}: contains NaN/inf")
+        group = r._utts()
+        for utt_id in group:
+            try:
+                problems += _check_utterance(utt_id, group[utt_id], dim)
+            except (OSError, RuntimeError, KeyError) as e:  # a damaged object header or data block
+                problems.append(f"{utt_id}: unreadable ({_first_line(e)})")
         if expected is not None:
             have = r.checksums()
             missing = sorted(set(expected) - set(have))

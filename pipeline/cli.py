@@ -218,8 +218,11 @@ def features_verify(name: str, directory: Path = FEATURES_DIR,
         r.close()
     problems = verify(path, expected)
     if problems:
+        from features.store import rerun_hint
+
         for p in problems:
             typer.secho(f"{path}: {p}", fg="red", err=True)
+        typer.secho(f"{path}: {rerun_hint(path)}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{path}: OK" + (f" (matches {manifest})" if expected is not None else ""))
 

@@ -520,25 +520,83 @@ def loss_weights(cfg: Mapping[str, Any], train_labels: list[int], n_classes: int
     return torch.tensor(w, dtype=torch.float32, device=device)
 
 
+def _batches(loader, where: str):
+    """``loader``'s batches; a DataLoader worker that died (SIGKILL, usually the kernel's OOM killer) ends the
+    fold with one line instead of PyTorch's traceback. The epoch checkpoints stay: a rerun resumes from them."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (RuntimeError, ConnectionError, EOFError) as e:
+            died, err = None, e
+            for _ in range(2):  # PyTorch's SIGCHLD handler may interrupt the first try with the same news
+                try:
+                    died = _dead_worker(it, err)
+                    break
+                except RuntimeError as again:
+                    err = again
+            if died is None:
+                raise
+            raise TrainError(f"{where}: {died} (often out of memory: see `dmesg`); set train.num_workers: 0 or a "
+                             "smaller batch_size, then rerun (the fold resumes from its last epoch checkpoint)") from None
+        yield batch
+
+
+def _dead_worker(it, e: BaseException) -> str | None:
+    """PyTorch's message when ``e`` comes from a dead DataLoader worker (it may first surface as a reset
+    connection while a batch was in transit), else None. Stops the remaining workers either way."""
+    import signal
+
+    from torch.utils.data._utils.signal_handling import _error_if_any_worker_fails
+
+    if not hasattr(it, "_shutdown_workers"):
+        return None
+    # PyTorch's SIGCHLD handler would raise the same news again, asynchronously: hold it until the workers
+    # are shut down (they are then no longer watched)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    try:
+        msg = str(e).splitlines()[0] if "DataLoader worker" in str(e) else None
+        for _ in range(20 if msg is None else 0):
+            try:
+                _error_if_any_worker_fails()
+            except RuntimeError as dead:
+                msg = str(dead).splitlines()[0]
+                break
+            time.sleep(0.05)  # a connection reset can arrive just before the worker is reaped
+        it._shutdown_workers()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return msg
+
+
 def fit_epoch(model, loader, opt, cfg, st: LoopState, device, amp: bool, scaler, weight, where: str) -> tuple[int, float, bool]:
     """One pass over the training loader; returns (items seen, summed loss, max_steps reached)."""
     max_steps = cfg.get("max_steps")
     model.train()
     n_seen, loss_sum = 0, 0.0
-    for batch_no, batch in enumerate(loader):
+    for batch_no, batch in enumerate(_batches(loader, f"{where} epoch {st.epoch + 1}")):
         inputs, y = _model_inputs(batch, device), batch["label"].to(device)
         opt.zero_grad(set_to_none=True)
-        with _autocast(device, amp):
-            logits = model(**inputs)
-            loss = F.cross_entropy(logits.float(), y, weight=weight)
-        if not torch.isfinite(loss):
-            raise TrainError(f"{where} epoch {st.epoch + 1} batch {batch_no}: loss is {loss.item()}; "
-                             "lower the lr, set grad_clip, or set normalize: fold")
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
+        try:
+            with _autocast(device, amp):
+                logits = model(**inputs)
+                loss = F.cross_entropy(logits.float(), y, weight=weight)
+            if not torch.isfinite(loss):
+                raise TrainError(f"{where} epoch {st.epoch + 1} batch {batch_no}: loss is {loss.item()}; "
+                                 "lower the lr, set grad_clip, or set normalize: fold (and check the inputs: "
+                                 "`emoflow features verify <feature>`)")
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+        except torch.cuda.OutOfMemoryError:
+            bs = cfg.get("batch_size")
+            raise TrainError(f"{where} epoch {st.epoch + 1} batch {batch_no}: out of GPU memory at batch_size "
+                             f"{bs}; set train.batch_size: {max(1, int(bs or 2) // 2)} (or models.<name>.train."
+                             "batch_size, a smaller fixed_frames/max_len, amp: true, or --device cpu)") from None
         if cfg.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
         if scaler is not None:

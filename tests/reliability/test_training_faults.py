@@ -1,0 +1,107 @@
+"""Training faults: a NaN loss (from a feature file whose numbers were overwritten with NaN on disk), CUDA out of
+memory (raised by a model's forward: no GPU here), a DataLoader worker killed by SIGKILL (the real signal, sent
+by the worker to itself). Each ends the fold with one TrainError line naming the fold, epoch and batch and what
+to try; through the train stage (Prefect flow, folds as tasks) it reaches the CLI as one line, exit 2."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from _rel import run_cli
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.train import LoopState, TrainError, fit_epoch
+
+
+def _train_cli(cv, tmp_path, **train):
+    from models import tiny_config
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "dataset": {"name": "demo"}, "models": {"ilt": tiny_config("ilt")},
+        "train": {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "num_threads": 1, "seed": 0,
+                  "task_runner": "threads", "max_workers": 1, "storage_dir": str(tmp_path / "storage"),
+                  "runs_dir": str(tmp_path / "runs"), **train}}))
+    return run_cli(["stage", "train", "--model", "ilt", "--manifest", cv["manifest_path"], "--folds-dir",
+                    cv["folds_dir"], "--features-dir", cv["features_dir"], "--out", tmp_path / "results",
+                    "--params", params])
+
+
+def test_nan_in_the_features_stops_the_fold_naming_fold_epoch_batch_through_the_cli(prefect_harness, synthetic_cv,
+                                                                                   tmp_path):
+    """A TrainError raised inside a fold task (Prefect wraps task failures) reaches the CLI as one line."""
+    cv = synthetic_cv()
+    with h5py.File(cv["features_dir"] / "logmel40.h5", "r+") as f:  # every training utterance poisoned
+        for ds in f["utts"].values():
+            ds[0, 0] = np.nan
+    code, _, err, exc = _train_cli(cv, tmp_path)
+    assert exc is None and code == 2, (code, err[-3000:], exc)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err[-3000:]
+    assert re.search(r"ilt fold \d+ epoch 1 batch 0: loss is nan; lower the lr, set grad_clip", lines[0]), lines[0]
+    assert "emoflow features verify" in lines[0]
+    assert not (tmp_path / "results" / "ilt" / "metrics.json").exists()
+
+
+class _Forward(torch.nn.Module):
+    def __init__(self, fail: BaseException | None = None):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+        self.fail = fail
+
+    def forward(self, x):
+        if self.fail is not None:
+            raise self.fail
+        return self.lin(x)
+
+
+class _Items(Dataset):
+    def __init__(self, n: int = 8, kill_at: int = -1):
+        self.n, self.kill_at = n, kill_at
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i == self.kill_at and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does to a worker
+        return {"x": torch.full((3,), float(i)), "label": torch.tensor(i % 2)}
+
+
+def _epoch(model, loader, batch_size: int = 4):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    st = LoopState(epoch=2)
+    return fit_epoch(model, loader, opt, {"batch_size": batch_size}, st, torch.device("cpu"), False, None, None,
+                     "ilt fold 3")
+
+
+def test_cuda_out_of_memory_names_the_batch_size_and_the_setting():
+    loader = DataLoader(_Items(), batch_size=16)
+    with pytest.raises(TrainError) as e:
+        _epoch(_Forward(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")), loader, 16)
+    msg = str(e.value)
+    assert msg.startswith("ilt fold 3 epoch 3 batch 0: out of GPU memory at batch_size 16")
+    assert "set train.batch_size: 8" in msg and "\n" not in msg
+
+
+def test_other_errors_in_forward_keep_their_traceback():
+    with pytest.raises(ZeroDivisionError):
+        _epoch(_Forward(ZeroDivisionError("a bug")), DataLoader(_Items(), batch_size=4))
+
+
+def test_dataloader_worker_killed_by_sigkill_ends_the_fold_with_one_line():
+    loader = DataLoader(_Items(n=8, kill_at=5), batch_size=2, num_workers=1)
+    with pytest.raises(TrainError) as e:
+        _epoch(_Forward(), loader)
+    msg = str(e.value)
+    assert msg.startswith("ilt fold 3 epoch 3: DataLoader worker (pid"), msg
+    assert "killed by signal" in msg and "train.num_workers: 0" in msg and "resumes" in msg
+    n, _, _ = _epoch(_Forward(), DataLoader(_Items(n=8), batch_size=2, num_workers=1))  # healthy: no error
+    assert n == 8
