@@ -714,7 +714,7 @@ def _check_utterance(utt_id: str, ds, dim: int | None) -> list[str]:
     if "crc32" in ds.attrs and data_crc32(arr) != int(ds.attrs["crc32"]):
         problems.append(f"{utt_id}: data checksum mismatch — the stored bytes changed after they were written "
                         "(disk or copy corruption)")
-    elif np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         problems.append(f"{utt_id}: contains NaN/inf")
     return problems
 
