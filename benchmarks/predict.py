@@ -7,6 +7,8 @@
   demo workspace is built first (outside the timings): 40 synthetic demo utterances (4 speakers), ``logmel40``,
   the model at its ``params.yaml`` demo size trained 2 epochs on the 5 folds of its paper plan through the real
   Prefect flow. The demo model's accuracy is meaningless; its cost per file is what is measured.
+* ``--force`` throughout: a workspace built before a code change is still fine for timing (predict refuses it
+  otherwise, rightly, for results).
 * Audio: 5-s clips cut from the demo corpus' concatenated speech at distinct offsets (distinct bytes, so no clip
   reuses another's features).
 * ``cold_5s``: the whole command in a new process (``python -m pipeline.cli predict --model M FILE``: interpreter,
@@ -30,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -102,7 +105,7 @@ def _children_cpu() -> float:
 def time_cold(ws: Path, model: str, clip: Path, repeats: int = 3) -> tuple[list[float], list[float]]:
     """(wall s, CPU s) of the whole command in a new process, ``repeats`` times."""
     cmd = [sys.executable, "-m", "pipeline.cli", "predict", "--model", model, "--results", str(ws / "results"),
-           str(clip)]
+           str(clip), "--force"]
     wall, cpu = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), _children_cpu()
@@ -119,8 +122,9 @@ def time_warm(ws: Path, model: str, clips: list[Path], repeats: int, n_files: in
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    p = load_predictor(model, results_dir=ws / "results")
+    p = load_predictor(model, results_dir=ws / "results", force=True)
     load_s = time.perf_counter() - t0
+    warnings.simplefilter("ignore")  # the --force warnings, once per call
     predict(p, collect_inputs([clips[-1]]))  # warm-up: numba, lazy imports, filterbanks
     warm, warm_cpu = [], []
     for i in range(repeats):

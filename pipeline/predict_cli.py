@@ -12,14 +12,11 @@ FORCE = typer.Option(False, "--force", help="run a model whose extractor/code ve
 
 def _one_line(fn, *args, **kwargs):
     """The project's own errors name the file and the fix: print that one line, exit 2."""
-    from features.audio import AudioError
-    from features.store import StoreError
-    from pipeline.bundle import PredictError
-    from pipeline.extract import ExtractionError
+    from features.errors import EmoflowError
 
     try:
         return fn(*args, **kwargs)
-    except (PredictError, AudioError, StoreError, ExtractionError, ValueError) as e:
+    except (EmoflowError, ValueError) as e:  # ValueError: unknown model/feature names list the known ones
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
 
