@@ -252,3 +252,18 @@ def test_other_input_paths_reproduce_cv_predictions(prefect_harness, tmp_path, m
     out = predict(p, collect_inputs(_files_of(run, cv["utt_id"])), fold=0)
     np.testing.assert_allclose(out[_prob_cols(out)].to_numpy(), cv[_prob_cols(cv)].to_numpy(), atol=1e-5)
     assert out["pred"].tolist() == cv["pred"].tolist()
+
+
+def test_write_table_by_suffix(tmp_path):
+    from pipeline.predict import format_table, write_table
+
+    df = pd.DataFrame({"file": ["a.wav", "b.wav"], "pred": ["ang", None], "prob_ang": [0.9, np.nan],
+                       "prob_sad": [0.1, np.nan], "warning": ["", "too short"]})
+    for suffix, read in ((".csv", pd.read_csv), (".parquet", pd.read_parquet),
+                         (".json", lambda f: pd.DataFrame(json.loads(Path(f).read_text())))):
+        back = read(write_table(df, tmp_path / f"t{suffix}"))
+        assert back["file"].tolist() == ["a.wav", "b.wav"] and back["prob_ang"][0] == 0.9
+    with pytest.raises(PredictError, match=r"\.csv, \.json or \.parquet"):
+        write_table(df, tmp_path / "t.txt")
+    text = format_table(df, ["ang", "sad"])
+    assert "0.900" in text and "warning: b.wav: too short" in text
