@@ -34,6 +34,7 @@ from pipeline.manifest import (
     MissingAudioError,
     audio_checksum,
     label_counts,
+    similar_labels,
     sort_manifest,
     validate_manifest,
 )
@@ -82,6 +83,12 @@ def build_manifest(dataset: str, root: str | os.PathLike, **options) -> pd.DataF
     df = fn(Path(root), **options)
     df = sort_manifest(validate_manifest(df, source=f"{dataset} corpus at {root}"))
     counts = label_counts(df)
+    for group in similar_labels(counts):
+        msg = (f"{dataset} corpus at {root}: labels {group} differ only by case or spaces and count as "
+               f"{len(group)} classes ({', '.join(f'{g!r}: {counts[g]}' for g in group)}); unify them in the "
+               "corpus table or map them with dataset.options.label_map")
+        warnings.warn(msg, stacklevel=2)
+        log.warning(msg)
     df.attrs["dataset"] = dataset
     df.attrs["label_counts"] = counts
     log.info("%s: %d utterances; per class: %s", dataset, len(df), counts)

@@ -197,6 +197,13 @@ def validate_manifest(df: pd.DataFrame, source: str | os.PathLike | None = None)
             raise ManifestError(f"{where}{msg}: {_examples(ids)}")
 
     bad(out["utt_id"].str.len() == 0, "empty utt_id in row(s) with ids")
+    unsafe = np.flatnonzero((out["utt_id"].str.contains("/", regex=False) | out["utt_id"].isin([".", ".."]))
+                            .to_numpy())
+    if unsafe.size:  # the feature store keys utterances by id: '/' would nest groups, '.'/'..' name no object
+        rows = [f"row {i} (utt_id {out['utt_id'].iloc[i]!r}, path {out['path'].iloc[i]!r})" for i in unsafe[:5]]
+        raise ManifestError(f"{where}utt_id must not contain '/' or be '.' or '..': {'; '.join(rows)}"
+                            + (f" ... ({unsafe.size} in all)" if unsafe.size > 5 else "")
+                            + "; give those rows another utt_id (e.g. replace '/' by '_')")
     dup = out["utt_id"][out["utt_id"].duplicated()].unique().tolist()
     if dup:
         raise ManifestError(
@@ -222,6 +229,19 @@ def validate_manifest(df: pd.DataFrame, source: str | os.PathLike | None = None)
 
     extras = [c for c in out.columns if c not in COLUMNS]
     return out[list(COLUMNS) + extras]
+
+
+def similar_labels(labels: Iterable[str]) -> list[list[str]]:
+    """Groups of distinct labels that differ only by case or surrounding spaces (``NEU``, ``neu``, ``neu ``):
+    almost always one class spelt two ways, which would silently become two classes.
+
+    >>> similar_labels(["neu", "NEU", "ang", " neu", "sad"])
+    [[' neu', 'NEU', 'neu']]
+    """
+    groups: dict[str, set[str]] = {}
+    for lab in labels:
+        groups.setdefault(str(lab).strip().casefold(), set()).add(str(lab))
+    return [sorted(g) for _, g in sorted(groups.items()) if len(g) > 1]
 
 
 def label_counts(manifest: pd.DataFrame) -> dict[str, int]:
