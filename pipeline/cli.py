@@ -246,17 +246,11 @@ def models_ls(as_json: bool = typer.Option(False, "--json")):
     typer.echo("(parameter counts at the papers' sizes: models.<name> in params.yaml may make them smaller)")
 
 
-# --- team sharing and the Prefect server (pipeline/remote.py, pipeline/server.py hold the commands) ---------
+# --- team sharing and the Prefect server (pipeline/cli_team.py holds the commands) --------------------------
 def _mount_team_commands() -> None:
-    from pipeline import remote, server
+    from pipeline import cli_team
 
-    app.add_typer(remote.remote_app, name="remote")
-    app.command("pull", help="Pull exactly the features (and fold plan) a model needs from the DVC remote.")(
-        remote.cli_pull)
-    app.command("push", help="Push DVC-tracked outputs to the team remote.")(remote.cli_push)
-    app.command("server", help="Start a Prefect server + UI bound to 127.0.0.1 (foreground).")(server.cli_server)
-    app.command("serve", help="Serve extract/cross_validate deployments so runs start from the Prefect UI.")(
-        server.cli_serve)
+    cli_team.mount(app)
 
 
 _mount_team_commands()

@@ -14,8 +14,8 @@ password, access keys, profile) are written only to ``.dvc/config.local``, which
 (URL, port, endpoint, region) go to ``.dvc/config``, which the team commits. :func:`project_config_secrets`
 audits the committed file.
 
-The library part (everything above the ``CLI`` section) returns values and raises :class:`RemoteError` with a
-message that says what to do; the ``CLI`` section at the bottom is the typer edge the ``emoflow`` CLI mounts.
+Every function returns values and raises :class:`RemoteError` with a message that says what to do; the
+``emoflow remote/pull/push`` commands that call them live in :mod:`pipeline.cli_team`.
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ __all__ = [
     "model_features",
     "targets_for_model",
     "targets_for_features",
+    "targets_to_pull",
+    "targets_to_push",
     "pull_for_model",
     "pull_targets",
+    "pull_and_check",
     "push_targets",
     "status",
 ]
@@ -548,175 +551,34 @@ def status(targets: Sequence[str] = (), *, repo: str | Path = ".") -> dict[str, 
     return json.loads(text[start:]) if start >= 0 else {}
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-# The typer edge. pipeline/cli.py mounts it:  app.add_typer(remote.remote_app, name="remote")
-#                                             app.command("pull")(remote.cli_pull)
-#                                             app.command("push")(remote.cli_push)
-from typing import Annotated  # noqa: E402
-
-import typer  # noqa: E402  (kept next to the CLI code it serves)
-
-remote_app = typer.Typer(help="Team DVC remotes (shared disk, SSH, S3/MinIO); credentials stay in "
-                              ".dvc/config.local.", no_args_is_help=True)
-
-RepoOpt = Annotated[Path, typer.Option("--repo", help="project root")]
-Params = Annotated[Path, typer.Option("--params", help="params.yaml, relative to --repo")]
-RemoteOpt = Annotated[str | None, typer.Option("--remote", "-r", help="default: the project's default remote")]
-Jobs = Annotated[int | None, typer.Option("--jobs", "-j", help="parallel transfers")]
-
-
-def _cli_fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg="red", err=True)
-    raise typer.Exit(2)
+def targets_to_pull(model: str | None, features: Sequence[str] = (), plans: Sequence[str] = (), *,
+                    repo: str | Path = ".", params_path: str | Path = "params.yaml", with_results: bool = False,
+                    with_audio: bool = False) -> list[str]:
+    """The DVC targets of ``emoflow pull``: what ``model`` needs (:func:`targets_for_model`), then the named
+    features and plans (with the manifest) that are not already among them."""
+    features, plans = list(features), list(plans)
+    if not model and not features and not plans:
+        raise RemoteError("say what to pull: --model NAME, or --feature NAME / --plan NAME")
+    targets = (targets_for_model(model, repo=repo, params_path=params_path, with_results=with_results,
+                                 with_audio=with_audio) if model else [])
+    if features or plans:
+        extra = targets_for_features(features, plans=plans, repo=repo, with_manifest=True)
+        targets += [t for t in extra if t not in targets]
+    return targets
 
 
-def _show(remotes: dict[str, dict[str, str]], default: str | None) -> None:
-    if not remotes:
-        typer.echo("no remotes (emoflow remote add NAME URL --default)")
-    for name, opts in remotes.items():
-        extra = "  ".join(f"{k}={v}" for k, v in opts.items() if k not in ("url", "scope"))
-        mark = " (default)" if name == default else ""
-        typer.echo(f"{name}{mark}\t{opts.get('url', '?')}\t[{opts['scope']}]  {extra}".rstrip())
+def targets_to_push(model: str | None, features: Sequence[str] = (), *, repo: str | Path = ".",
+                    params_path: str | Path = "params.yaml") -> list[str]:
+    """The DVC targets of ``emoflow push``: what ``model`` needs, then the named features ([] = everything)."""
+    targets = targets_for_model(model, repo=repo, params_path=params_path) if model else []
+    if features:
+        targets += [t for t in targets_for_features(features, repo=repo) if t not in targets]
+    return targets
 
 
-@remote_app.command("add")
-def cli_remote_add(
-    name: Annotated[str, typer.Argument(help="remote name, e.g. team")],
-    url: Annotated[str, typer.Argument(help="directory (shared disk), ssh://user@host:port/path or s3://bucket/path")],
-    default: Annotated[bool, typer.Option("--default", "-d", help="make it the default remote")] = False,
-    local_config: Annotated[bool, typer.Option("--local-config",
-                                               help="keep the whole remote in .dvc/config.local (not shared)")] = False,
-    force: Annotated[bool, typer.Option("--force", "-f", help="replace a remote of the same name")] = False,
-    user: Annotated[str | None, typer.Option(help="ssh user (→ config.local)")] = None,
-    port: Annotated[int | None, typer.Option(help="ssh port")] = None,
-    keyfile: Annotated[Path | None, typer.Option(help="ssh private key file (→ config.local)")] = None,
-    password: Annotated[str | None, typer.Option(help="ssh password (→ config.local; prefer --ask-password)")] = None,
-    ask_password: Annotated[bool, typer.Option("--ask-password", help="ssh: prompt for the password")] = False,
-    endpointurl: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO)")] = None,
-    region: Annotated[str | None, typer.Option(help="S3 region")] = None,
-    access_key_id: Annotated[str | None, typer.Option("--access-key-id", help="S3 key id (→ config.local)")] = None,
-    secret_access_key: Annotated[str | None, typer.Option("--secret-access-key",
-                                                          help="S3 secret (→ config.local)")] = None,
-    profile: Annotated[str | None, typer.Option(help="AWS profile name (→ config.local)")] = None,
-    repo: RepoOpt = Path("."),
-) -> None:
-    """Add a DVC remote; credentials and personal options go to .dvc/config.local only."""
-    options = {"user": user, "port": port, "keyfile": keyfile, "password": password,
-               "ask_password": True if ask_password else None, "endpointurl": endpointurl, "region": region,
-               "access_key_id": access_key_id, "secret_access_key": secret_access_key, "profile": profile}
-    try:
-        remotes = add_remote(name, url, repo=repo, default=default, local_config=local_config, force=force,
-                             options=options)
-    except (RemoteError, OSError) as e:
-        _cli_fail(e)
-    _show({name: remotes[name]}, default_remote(repo))
-    if msg := missing_plugin(parse_remote_url(url).kind):
-        typer.secho(f"note: {msg}", fg="yellow", err=True)
-    if not local_config:
-        typer.echo("commit .dvc/config to share the remote with the team; .dvc/config.local stays on this machine")
-
-
-@remote_app.command("modify")
-def cli_remote_modify(
-    name: Annotated[str, typer.Argument()],
-    option: Annotated[str, typer.Argument(help="e.g. keyfile, port, endpointurl")],
-    value: Annotated[str | None, typer.Argument()] = None,
-    unset: Annotated[bool, typer.Option("--unset")] = False,
-    local: Annotated[bool | None, typer.Option(
-        "--local/--project", help="default: credentials → config.local, others → .dvc/config")] = None,
-    repo: RepoOpt = Path("."),
-) -> None:
-    """Set (or --unset) one remote option, e.g. `emoflow remote modify team keyfile ~/.ssh/id_ed25519`."""
-    try:
-        modify_remote(name, option, value, repo=repo, local=local, unset=unset)
-    except (RemoteError, OSError) as e:
-        _cli_fail(e)
-
-
-@remote_app.command("list")
-def cli_remote_list(repo: RepoOpt = Path(".")) -> None:
-    """Remotes of this project (secrets masked) and which config file holds them."""
-    _show(list_remotes(repo), default_remote(repo))
-    leaked = project_config_secrets(repo)
-    if leaked:
-        typer.secho("WARNING: .dvc/config (committed) holds credentials: " + "; ".join(leaked)
-                    + " — move them: emoflow remote modify NAME OPTION VALUE --local", fg="yellow", err=True)
-        raise typer.Exit(1)
-
-
-@remote_app.command("remove")
-def cli_remote_remove(name: Annotated[str, typer.Argument()], repo: RepoOpt = Path(".")) -> None:
-    """Remove a remote from both config files."""
-    try:
-        remove_remote(name, repo=repo)
-    except RemoteError as e:
-        _cli_fail(e)
-
-
-@remote_app.command("default")
-def cli_remote_default(name: Annotated[str, typer.Argument()],
-                       local: Annotated[bool, typer.Option("--local", help="only for this clone")] = False,
-                       repo: RepoOpt = Path(".")) -> None:
-    """Make NAME the default remote."""
-    try:
-        set_default_remote(name, repo=repo, local=local)
-    except RemoteError as e:
-        _cli_fail(e)
-
-
-def cli_pull(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="pull what this model needs")] = None,
-    feature: Annotated[list[str] | None, typer.Option("--feature", "-f", help="a feature (repeatable)")] = None,
-    plan: Annotated[list[str] | None, typer.Option("--plan", help="a fold plan (repeatable)")] = None,
-    remote: RemoteOpt = None,
-    with_results: Annotated[bool, typer.Option("--results", help="also results/<model> (train@<model>)")] = False,
-    with_audio: Annotated[bool, typer.Option("--audio", help="also the generated demo corpus audio")] = False,
-    jobs: Jobs = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the DVC targets only")] = False,
-    repo: RepoOpt = Path("."),
-    params: Params = Path("params.yaml"),
-) -> None:
-    """Pull exactly what a model needs (manifest, its fold plan, its features) from the team remote; no extraction."""
-    feature, plan = list(feature or []), list(plan or [])
-    if not model and not feature and not plan:
-        _cli_fail(RemoteError("say what to pull: --model NAME, or --feature NAME / --plan NAME"))
-    try:
-        targets = (targets_for_model(model, repo=repo, params_path=params, with_results=with_results,
-                                     with_audio=with_audio) if model else [])
-        if feature or plan:
-            extra = targets_for_features(feature, plans=plan, repo=repo, with_manifest=True)
-            targets += [t for t in extra if t not in targets]
-        typer.echo("targets: " + " ".join(targets))
-        if dry_run:
-            return
-        pull_targets(targets, remote=remote, repo=repo, jobs=jobs, capture=False)
-        # the manifest stage depends on the audio, which training never needs: check it only with --audio
-        changed = status(targets if with_audio else [t for t in targets if t != "manifest"], repo=repo)
-    except (RemoteError, ValueError) as e:
-        _cli_fail(e)
-    if changed:
-        typer.secho(f"pulled, but not up to date: {changed}", fg="yellow", err=True)
-        raise typer.Exit(1)
-    typer.echo("up to date: " + " ".join(targets))
-    if model:
-        typer.echo(f"next: dvc repro --allow-missing train@{model}   (skips stages whose only change is "
-                   "data not on this machine, e.g. the audio)")
-
-
-def cli_push(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="push what this model needs")] = None,
-    feature: Annotated[list[str] | None, typer.Option("--feature", "-f", help="a feature (repeatable)")] = None,
-    remote: RemoteOpt = None,
-    jobs: Jobs = None,
-    repo: RepoOpt = Path("."),
-    params: Params = Path("params.yaml"),
-) -> None:
-    """Push features (everything, with no option) to the team remote so nobody computes them again."""
-    try:
-        targets = targets_for_model(model, repo=repo, params_path=params) if model else []
-        if feature:
-            targets += [t for t in targets_for_features(feature, repo=repo) if t not in targets]
-        typer.echo("pushing " + (" ".join(targets) if targets else "everything in the workspace"))
-        push_targets(targets, remote=remote, repo=repo, jobs=jobs, capture=False)
-    except (RemoteError, ValueError) as e:
-        _cli_fail(e)
+def pull_and_check(targets: Sequence[str], *, remote: str | None = None, repo: str | Path = ".",
+                   jobs: int | None = None, with_audio: bool = False) -> dict[str, Any]:
+    """Pull ``targets`` (DVC's progress on the terminal) and return :func:`status` of them: {} when up to date."""
+    pull_targets(targets, remote=remote, repo=repo, jobs=jobs, capture=False)
+    # the manifest stage depends on the audio, which training never needs: check it only with the audio
+    return status(targets if with_audio else [t for t in targets if t != "manifest"], repo=repo)

@@ -11,7 +11,7 @@ cross-validation from its UI.
   feature); :func:`serve_deployments` serves it (one deployment per feature) together with ``cross_validate``
   (one deployment per model, from :mod:`pipeline.flows`).
 
-The bottom ``CLI`` section holds the typer commands ``emoflow server`` and ``emoflow serve``.
+The ``emoflow server`` and ``emoflow serve`` commands that call these live in :mod:`pipeline.cli_team`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ __all__ = [
     "extract_deployments",
     "cross_validate_deployments",
     "serve_deployments",
+    "run_until_stopped",
+    "configured_api_url",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -297,31 +299,9 @@ def serve_deployments(params_path: str | Path | None = "params.yaml", *, models:
     prefect.serve(*deps, limit=limit)
 
 
-# ------------------------------------------------------------------------------------------------- CLI
-# pipeline/cli.py mounts:  app.command("server")(server.cli_server);  app.command("serve")(server.cli_serve)
-from typing import Annotated  # noqa: E402
-
-import typer  # noqa: E402
-
-
-def cli_server(
-    host: Annotated[str, typer.Option(help="bind address; 0.0.0.0 exposes the (unauthenticated) API")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="port of the API and the UI")] = DEFAULT_PORT,
-    public_api_url: Annotated[str | None, typer.Option(
-        "--public-api-url", help="API URL as the team's browsers reach it, e.g. http://gpu-box:4200/api")] = None,
-    home: Annotated[Path | None, typer.Option(help="PREFECT_HOME (database); default $PREFECT_HOME or ./.prefect")] = None,
-) -> None:
-    """Start a Prefect server with its UI (blocks; Ctrl-C stops it) and print how to point runs at it."""
-    try:
-        srv = start_server(host, port, home=home, public_api_url=public_api_url)
-    except ServerError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"Prefect UI:  {srv.ui_url}   (log: {srv.log_path})")
-    typer.echo(f"send runs here:  export PREFECT_API_URL={public_api_url or srv.api_url}")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.secho(f"WARNING: bound to {host}: anyone who reaches this port can use the API (no authentication "
-                    "unless PREFECT_SERVER_API_AUTH_STRING is set)", fg="yellow", err=True)
+def run_until_stopped(server: PrefectServer) -> int:
+    """Block while ``server`` runs; stop it on Ctrl-C or SIGTERM. Returns 0 when stopped that way, else the
+    server's own exit code (non-zero: it died; its log says why)."""
     def _terminate(signum, frame):  # `kill`, systemd, docker stop: stop the server group too
         raise KeyboardInterrupt
 
@@ -330,30 +310,17 @@ def cli_server(
         signal.signal(signal.SIGINT, _terminate)
     interrupted = False
     try:
-        while srv.process.poll() is None:
+        while server.process.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        srv.stop()
-    if not interrupted and srv.process.returncode:
-        typer.secho(f"prefect server exited with code {srv.process.returncode}; see {srv.log_path}", fg="red", err=True)
-        raise typer.Exit(1)
+        server.stop()
+    return 0 if interrupted else (server.process.returncode or 0)
 
 
-def cli_serve(
-    params: Annotated[Path, typer.Option("--params")] = Path("params.yaml"),
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="models to serve (default: all)")] = None,
-    feature: Annotated[list[str] | None, typer.Option("--feature", "-f",
-                                                      help="features to serve (default: extract.features)")] = None,
-    limit: Annotated[int | None, typer.Option(help="at most this many runs at once")] = None,
-) -> None:
-    """Serve `extract` and `cross_validate` deployments so runs can be started from the Prefect UI."""
+def configured_api_url() -> str | None:
+    """The ``PREFECT_API_URL`` this process would report to (env or Prefect profile); None when unset."""
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
-        typer.secho("PREFECT_API_URL is not set: start `emoflow server` and export the URL it prints",
-                    fg="red", err=True)
-        raise typer.Exit(2)
-    typer.echo(f"serving deployments to {PREFECT_API_URL.value()} (Ctrl-C stops)")
-    serve_deployments(params, models=model or None, features=feature or None, limit=limit)
+    return PREFECT_API_URL.value() or None

@@ -94,6 +94,33 @@ def test_pull_for_model_fetches_exactly_the_models_inputs(shared, tmp_path):
     assert rm.status(["demo_data", *targets], repo=clone2) == {}
 
 
+def test_cli_pull_and_push_one_model(shared, tmp_path):
+    """``emoflow pull --model`` / ``emoflow push --feature`` end to end through the commands the CLI mounts."""
+    import typer
+    from typer.testing import CliRunner
+
+    from pipeline import cli_team
+
+    app = typer.Typer()
+    cli_team.mount(app)
+    clone1, _ = shared
+    clone2 = tmp_path / "clone2"
+    sh(tmp_path, "git", "clone", "-q", str(clone1), str(clone2))
+    r = CliRunner().invoke(app, ["pull", "--model", MODEL, "--repo", str(clone2)])
+    assert r.exit_code == 0, r.output
+    assert f"up to date: manifest folds@{PLAN} extract@{FEATURE}" in r.output
+    assert f"next: dvc repro --allow-missing train@{MODEL}" in r.output
+    assert (clone2 / H5).read_bytes() == (clone1 / H5).read_bytes()
+    other = tmp_path / "other-remote"
+    other.mkdir()
+    rm.add_remote("other", str(other), repo=clone2, local_config=True)
+    r = CliRunner().invoke(app, ["push", "--feature", FEATURE, "--remote", "other", "--repo", str(clone2)])
+    assert r.exit_code == 0 and f"pushing manifest extract@{FEATURE}" in r.output, r.output
+    assert any(p.is_file() for p in other.rglob("*")), "nothing reached the remote"
+    r = CliRunner().invoke(app, ["pull", "--repo", str(clone2)])
+    assert r.exit_code == 2 and "say what to pull" in r.output, r.output
+
+
 def test_pull_errors_name_the_fix(shared, tmp_path):
     clone1, _ = shared
     # ks_transformer reads whisper (params.yaml swaps its wav2vec2 input; the resolver honours the swap) + roberta,
@@ -164,10 +191,10 @@ def test_cli_commands(dvc_project, tmp_path):
     import typer
     from typer.testing import CliRunner
 
+    from pipeline import cli_team
+
     app = typer.Typer()
-    app.add_typer(rm.remote_app, name="remote")
-    app.command("pull")(rm.cli_pull)
-    app.command("push")(rm.cli_push)
+    cli_team.mount(app)
     proj = copy_project(dvc_project, tmp_path / "proj")
     run = CliRunner().invoke
     r = run(app, ["remote", "add", "team", str(tmp_path / "store"), "--default", "--repo", str(proj)])

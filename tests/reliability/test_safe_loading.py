@@ -148,7 +148,9 @@ def test_servers_bind_to_localhost_unless_told_otherwise(monkeypatch):
     assert inspect.signature(server.start_server).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(server.server_env).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(server.api_url).parameters["host"].default == "127.0.0.1"
-    assert inspect.signature(server.cli_server).parameters["host"].default == "127.0.0.1"
+    from pipeline import cli_team
+
+    assert inspect.signature(cli_team.cli_server).parameters["host"].default == "127.0.0.1"
     from _rel import run_cli
 
     code, out, _, _ = run_cli(["server", "--help"])  # the command a user runs (mounted on the emoflow CLI)
