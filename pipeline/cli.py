@@ -38,15 +38,34 @@ def _run(fn, *args, **kwargs):
     Anything else is a bug and keeps its traceback."""
     from features.errors import EmoflowError
 
+    _sigterm_interrupts()
     try:
         return fn(*args, **kwargs)
     except EmoflowError as e:
         _fail(e)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (below): cleanup ran on the way out, nothing is lost
+        typer.secho(f"error: interrupted ({e.args[0] if e.args else 'SIGINT'}); finished work is kept — rerun the "
+                    "same command to resume", fg="red", err=True)
+        raise typer.Exit(143 if e.args and e.args[0] == "SIGTERM" else 130) from None
     except OSError as e:
         line = _os_error_line(e)
         if line is None:
             raise
         _fail(line)
+
+
+def _sigterm_interrupts() -> None:
+    """SIGTERM (``kill``, a scheduler's stop) unwinds like Ctrl-C, so locks are released and temp files removed
+    instead of the process vanishing mid-write."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _os_error_line(e: OSError) -> str | None:
@@ -57,6 +76,8 @@ def _os_error_line(e: OSError) -> str | None:
     from features.errors import disk_full_error, is_disk_full
 
     if e.filename is None:
+        if is_disk_full(e):  # a write that failed after its file was opened names no path
+            return f"{e.strerror or e} while writing; free some space and rerun the same command (it resumes)"
         return str(e) if isinstance(e, FileNotFoundError) else None
     if is_disk_full(e):
         return str(disk_full_error(e.filename, e, None, "nothing committed was changed"))

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from features.errors import EmoflowError
+from features.errors import EmoflowError, disk_full_error, is_disk_full
 from pipeline.data import (
     NORMALIZE_MODES,
     Collate,
@@ -412,29 +412,53 @@ class FoldResult:
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic(path: Path, write: Callable[[Path], None], needed: int | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except Exception as e:
+        full = _disk_full_errno(e)
+        if full is None:
+            raise
+        kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
+        raise disk_full_error(path, OSError(full, os.strerror(full)), needed, kept + " (a rerun resumes from the last complete checkpoint)") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full_errno(e: BaseException) -> int | None:
+    """ENOSPC/EFBIG/EDQUOT behind a failed write: an OSError, or safetensors'/torch's wrapped "os error N"."""
+    import errno
+    import re
+
+    if isinstance(e, OSError):
+        return e.errno if is_disk_full(e) else None
+    m = re.search(r"os error (\d+)", str(e))
+    code = int(m.group(1)) if m else None
+    return code if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else None
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
 
 
+def _nbytes(state: Mapping[str, Any]) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+
+
 def _save_weights(path: Path, state: dict[str, torch.Tensor], epoch: int) -> None:
-    _atomic(path, lambda p: save_file(state, str(p), metadata={"epoch": str(epoch)}))
+    _atomic(path, lambda p: save_file(state, str(p), metadata={"epoch": str(epoch)}), _nbytes(state))
 
 
 def save_checkpoint(ckpt_dir: Path, model, opt, sched, state: dict[str, Any]) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     epoch = str(state["epoch"])
-    _atomic(ckpt_dir / "last.safetensors", lambda p: save_file(_cpu_state(model), str(p), metadata={"epoch": epoch}))
+    weights = _cpu_state(model)
+    _atomic(ckpt_dir / "last.safetensors", lambda p: save_file(weights, str(p), metadata={"epoch": epoch}),
+            _nbytes(weights))
     payload = dict(state, optimizer=opt.state_dict(), scheduler=sched.state_dict() if sched else None)
-    _atomic(ckpt_dir / "state.pt", lambda p: torch.save(payload, p))
+    _atomic(ckpt_dir / "state.pt", lambda p: torch.save(payload, p), 2 * _nbytes(weights))  # Adam: 2 moments
 
 
 def load_checkpoint(ckpt_dir: Path, model, opt, sched, device) -> dict[str, Any] | None:

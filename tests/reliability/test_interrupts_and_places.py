@@ -1,0 +1,161 @@
+"""Interrupts and unwritable places, for real.
+
+* SIGTERM and SIGINT sent from outside to an extraction in progress (the CLI's stage runner, in a child process):
+  one line, exit 143/130, finished shards kept, lock and temp files cleaned up on the way out; the rerun resumes
+  and writes the bytes of an uninterrupted run.
+* A checkpoint write that hits a file-size limit (RLIMIT_FSIZE in a child): one DiskFullError line naming the
+  file and the space needed; the previous checkpoint is unchanged and still loads.
+* A directory where the feature file belongs, and an output folder the kernel refuses to create, each one line,
+  exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _rel import ROOT, assert_one_line_error, cli_env, manifest_rows, run_cli, sha256_file, tone, write_wav
+
+from features import get_extractor
+from pipeline.extract import extract_features
+from pipeline.manifest import read_manifest, write_manifest
+
+HERE = Path(__file__).resolve().parent
+N_UTTS, BATCH = 10, 2
+
+_EXTRACT = """
+import sys
+sys.path[:0] = [{root!r}, {here!r}]
+import typer, _rel
+from pipeline.cli import _run
+from pipeline.extract import extract_features
+from pipeline.manifest import read_manifest
+ex = _rel.counting_logmel({count!r}, sleep=0.15)
+try:
+    _run(extract_features, ex, read_manifest({manifest!r}), {out!r}, audio_root={audio!r}, jobs=1,
+         batch_size={batch}, progress=False)
+except typer.Exit as e:
+    sys.exit(e.exit_code)
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interrupt")
+    rows = []
+    for i in range(N_UTTS):
+        write_wav(root / "wav" / f"u{i:02d}.wav", tone(0.3, freq=200 + 20 * i, seed=i))
+        rows.append({"utt_id": f"u{i:02d}", "path": f"wav/u{i:02d}.wav"})
+    write_manifest(manifest_rows(root, rows), root / "full.parquet")
+    return {"root": root, "full": root / "full.parquet"}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_sigint_during_extraction_cleans_up_and_the_rerun_resumes(sig, code, corpus, tmp_path):
+    out = tmp_path / "features" / "logmel40.h5"
+    count = tmp_path / "calls.txt"
+    script = _EXTRACT.format(root=str(ROOT), here=str(HERE), count=str(count), manifest=str(corpus["full"]),
+                             out=str(out), audio=str(corpus["root"]), batch=BATCH)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (count.exists() and len(count.read_text().splitlines()) >= 5):  # two shards done, third under way
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == [f"error: interrupted ({sig.name}); finished work is kept — rerun the same command to resume"]
+    assert not out.exists()
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert left == ["logmel40.h5.parts"], left  # lock released and removed, no temp file
+    shards = sorted(p.name for p in (out.parent / "logmel40.h5.parts").iterdir())
+    assert len(shards) >= 2 and all(s.endswith(".h5") for s in shards), shards
+
+    res = extract_features(get_extractor("logmel40"), read_manifest(corpus["full"]), out,
+                           audio_root=corpus["root"], jobs=1, batch_size=BATCH, progress=False)
+    assert res.resumed == BATCH * len(shards) and res.computed == N_UTTS - res.resumed
+    ref = tmp_path / "ref" / "logmel40.h5"
+    extract_features(get_extractor("logmel40"), read_manifest(corpus["full"]), ref, audio_root=corpus["root"],
+                     jobs=1, batch_size=BATCH, progress=False)
+    assert sha256_file(out) == sha256_file(ref)
+
+
+_CHECKPOINT = """
+import sys, signal, resource, hashlib, torch
+sys.path[:0] = [{root!r}]
+from pathlib import Path
+from features.errors import DiskFullError
+from pipeline.train import load_checkpoint, save_checkpoint
+torch.manual_seed(0)
+model = torch.nn.Linear(300, 300)
+opt = torch.optim.Adam(model.parameters())
+ckpt = Path({ckpt!r})
+save_checkpoint(ckpt, model, opt, None, {{"epoch": 1}})
+before = hashlib.sha256((ckpt / "last.safetensors").read_bytes()).hexdigest()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # below one checkpoint (360 KB of weights)
+with torch.no_grad():
+    model.weight += 1
+try:
+    save_checkpoint(ckpt, model, opt, None, {{"epoch": 2}})
+    print("NOT REFUSED")
+except DiskFullError as e:
+    print("REFUSED", e)
+assert hashlib.sha256((ckpt / "last.safetensors").read_bytes()).hexdigest() == before
+state = load_checkpoint(ckpt, torch.nn.Linear(300, 300), torch.optim.Adam(model.parameters()), None, "cpu")
+print("RESUMES FROM EPOCH", state["epoch"])
+print("FILES", sorted(p.name for p in ckpt.iterdir()))
+"""
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    p = subprocess.run([sys.executable, "-c", _CHECKPOINT.format(root=str(ROOT), ckpt=str(ckpt))], env=cli_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    refused = [ln for ln in p.stdout.splitlines() if ln.startswith("REFUSED")]
+    assert len(refused) == 1, p.stdout
+    assert f"{ckpt}/last.safetensors: file size limit reached" in refused[0]
+    assert "needs about 361.2 KB" in refused[0] and "free" in refused[0] and "previous last.safetensors is kept" \
+        in refused[0]
+    assert "RESUMES FROM EPOCH 1" in p.stdout
+    assert "FILES ['last.safetensors', 'state.pt']" in p.stdout  # no temp file left
+
+
+def test_a_directory_at_the_feature_path_is_refused_before_any_work(good_store, tmp_path):
+    out = tmp_path / "features" / "logmel40.h5"
+    (out / "something").mkdir(parents=True)
+    code, _, err, exc = run_cli(["stage", "extract", "--feature", "logmel40", "--manifest", good_store["manifest"],
+                                 "--out", out, "--no-progress", "--params", good_store["params"]])
+    assert_one_line_error(code, err, exc, f"{out}: is a directory, not a feature file", "remove or rename it")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["logmel40.h5"]  # no lock, no shards
+
+
+def _unwritable_dir(tmp_path) -> tuple[Path, str]:
+    """A folder the kernel refuses to write in: a mode-0555 folder for a normal user; as root (whom modes do
+    not stop), a path under /sys, where the kernel refuses new entries even to root."""
+    if os.getuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro / "features", "Permission denied"
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without sysfs: no unwritable place to test with")
+    return Path("/sys/emoflow-test-unwritable"), "Operation not permitted"
+
+
+def test_an_unwritable_output_folder_is_one_line(good_store, tmp_path):
+    folder, why = _unwritable_dir(tmp_path)
+    out = folder / "logmel40.h5"
+    code, _, err, exc = run_cli(["stage", "extract", "--feature", "logmel40", "--manifest", good_store["manifest"],
+                                 "--out", out, "--no-progress", "--params", good_store["params"]])
+    assert_one_line_error(code, err, exc, str(folder), why, "permissions")
+    assert not folder.exists()
