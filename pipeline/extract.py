@@ -194,6 +194,45 @@ def extract_features(
     return ExtractResult(out_path, stats["total"], len(todo), reused, resumed, time.perf_counter() - t0)
 
 
+def extract_feature(
+    params: dict[str, Any],
+    feature: str,
+    manifest_path: str | Path,
+    out: str | Path,
+    *,
+    jobs: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[ExtractResult, Extractor]:
+    """One feature set as ``params`` (a loaded params.yaml) configures it: ``features.<feature>`` builds the
+    extractor, ``extract`` gives audio settings, jobs and batch size, ``dataset.root`` the audio. ``jobs`` and
+    ``device`` override params (the device is not part of the cache key). The DVC stage and the Prefect flow
+    both call this; returns what :func:`extract_features` did and the extractor (for its provenance)."""
+    from pipeline.manifest import read_manifest
+    from pipeline.params import ParamsError, expect, section
+
+    cfg = section(params, f"features.{feature}", default=None) or {}
+    expect(cfg, dict, f"features.{feature}")
+    ex_cfg = section(params, "extract", default={}) or {}
+    audio = AudioConfig(**(ex_cfg.get("audio") or {}))
+    if jobs is None:
+        jobs = expect(ex_cfg.get("jobs", 0), int, "extract.jobs")
+    batch_size = expect(ex_cfg.get("batch_size", 32), int, "extract.batch_size")
+    root = section(params, "dataset.root")
+    if device is not None:
+        import dataclasses
+
+        from features import extractor_class
+
+        if "device" not in {f.name for f in dataclasses.fields(extractor_class(feature).Config)}:
+            raise ParamsError(f"--device: feature {feature!r} has no device setting (it runs on the CPU)")
+        cfg = {**cfg, "device": device}
+    extractor = get_extractor(feature, **cfg)
+    res = extract_features(extractor, read_manifest(manifest_path), out, audio_root=root, audio=audio,
+                           jobs=jobs, batch_size=batch_size, progress=progress)
+    return res, extractor
+
+
 def _run_pool(extractor, batches, writer, wanted, audio_root, audio, jobs, bar) -> None:
     # Keep at most 2 batches per worker in flight so a kill loses little, and write in completion order.
     import multiprocessing as mp

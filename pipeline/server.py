@@ -7,8 +7,8 @@ cross-validation from its UI.
   ``/api/health`` answers.
 * :func:`client_env` is what every process that should report to that server needs (``PREFECT_API_URL``):
   ``emoflow demo``, ``dvc repro train@<model>``, a worker on a GPU machine.
-* :func:`pipeline.feature_flow.extract_flow` is a Prefect flow around :func:`pipeline.stages.extract` (one
-  feature); :func:`serve_deployments` serves it (one deployment per feature) together with ``cross_validate``
+* :func:`pipeline.feature_flow.extract_flow` is a Prefect flow around :func:`pipeline.extract.extract_feature`
+  (one feature); :func:`serve_deployments` serves it (one deployment per feature) together with ``cross_validate``
   (one deployment per model, from :mod:`pipeline.flows`).
 
 The ``emoflow server`` and ``emoflow serve`` commands that call these live in :mod:`pipeline.cli_team`.

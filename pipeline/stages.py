@@ -101,31 +101,10 @@ def extract(
     device: str | None = None,
     progress: bool = True,
 ) -> None:
-    from features import get_extractor
-    from features.audio import AudioConfig
-    from pipeline.extract import extract_features
-    from pipeline.manifest import read_manifest
+    from pipeline.extract import extract_feature
 
-    params = load_params(params_path)
-    cfg = section(params, f"features.{feature}", default=None) or {}
-    expect(cfg, dict, f"features.{feature}")
-    ex_cfg = section(params, "extract", default={}) or {}
-    audio = AudioConfig(**(ex_cfg.get("audio") or {}))
-    if jobs is None:
-        jobs = expect(ex_cfg.get("jobs", 0), int, "extract.jobs")
-    batch_size = expect(ex_cfg.get("batch_size", 32), int, "extract.batch_size")
-    root = section(params, "dataset.root")
-    if device is not None:
-        import dataclasses
-
-        from features import extractor_class
-
-        if "device" not in {f.name for f in dataclasses.fields(extractor_class(feature).Config)}:
-            raise ParamsError(f"--device: feature {feature!r} has no device setting (it runs on the CPU)")
-        cfg = {**cfg, "device": device}
-    extractor = get_extractor(feature, **cfg)
-    res = extract_features(extractor, read_manifest(manifest_path), out, audio_root=root, audio=audio,
-                           jobs=jobs, batch_size=batch_size, progress=progress)
+    res, extractor = extract_feature(load_params(params_path), feature, manifest_path, out, jobs=jobs,
+                                     device=device, progress=progress)
     flag = " [RANDOM WEIGHTS]" if extractor.provenance().get("random_weights") else ""
     _say(f"extract {feature}{flag}: {res.total} utterances, {res.computed} computed, {res.reused} reused, "
          f"{res.resumed} resumed → {out} ({res.seconds:.1f} s)")
