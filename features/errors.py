@@ -60,7 +60,8 @@ def human_bytes(n: float | None) -> str:
 def disk_full_error(path: str | os.PathLike, e: OSError, needed: int | None, kept: str) -> DiskFullError:
     """One message for every full-disk write: the path, the space needed (an estimate) and free, and what is kept."""
     why = "file size limit reached (RLIMIT_FSIZE/ulimit -f)" if e.errno == errno.EFBIG else "no space left on device"
-    msg = (f"{path}: {why} — needs about {human_bytes(needed)}, {human_bytes(free_bytes(path))} free; "
+    need = f"needs about {human_bytes(needed)}, " if needed is not None else ""
+    msg = (f"{path}: {why} — {need}{human_bytes(free_bytes(path))} free; "
            f"{kept}; free some space and rerun the same command (it resumes)")
     err = DiskFullError(e.errno, msg)
     err.filename = os.fspath(path)
