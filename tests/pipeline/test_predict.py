@@ -152,11 +152,19 @@ def test_missing_or_partial_run(run, tmp_path):
 def test_export_roundtrip_and_refusal(run, tmp_path):
     p = load_run("ilt", run["results"])
     out = export_predictor(p, tmp_path / "ilt-model")
-    # self-contained: the run, its feature files and checkpoints can go away
-    shutil.copytree(out, tmp_path / "copy")
-    q = load_bundle(tmp_path / "copy")
     files = _files_of(run, run["preds"]["utt_id"][:4])
-    a, b = predict(p, collect_inputs(files)), predict(q, collect_inputs(files))
+    a = predict(p, collect_inputs(files))
+    # self-contained: with the run's results, feature files and checkpoints out of the way
+    shutil.copytree(out, tmp_path / "copy")
+    away = [run["root"] / d for d in ("results", "features", "storage")]
+    for d in away:
+        d.rename(d.with_name(d.name + ".away"))
+    try:
+        q = load_bundle(tmp_path / "copy")
+        b = predict(q, collect_inputs(files))
+    finally:
+        for d in away:
+            d.with_name(d.name + ".away").rename(d)
     np.testing.assert_allclose(a[_prob_cols(a)], b[_prob_cols(b)], atol=1e-7)
     assert json.loads((tmp_path / "copy" / "metrics.json").read_text()) == json.loads(
         (run["results"] / "ilt" / "metrics.json").read_text())
