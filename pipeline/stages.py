@@ -36,7 +36,7 @@ def demo_data(params_path: str | Path, out: str | Path, models_out: str | Path |
     _say(f"demo corpus: {len(df)} utterances, {df['speaker'].nunique()} speakers, "
          f"{df['session'].nunique()} sessions, classes {counts} → {out} ({time.perf_counter() - t0:.1f} s)")
     if models_out is not None:
-        from features.pretrained import ensure_demo_models
+        from features.demo_models import ensure_demo_models
 
         for feat, override in ensure_demo_models(models_out, seed=models_seed).items():
             if str(Path(models_out)) in str(next(iter(override.values()))):

@@ -25,7 +25,7 @@ TORCH_SAVE_ALLOWED = {
     # optimizer/scheduler/RNG state for resuming (weights go to last.safetensors); read with weights_only=True
     ("pipeline/train.py", "payload"),
     # torchopenl3's own weights format (.pth.tar state dict of tensors); read with weights_only=True
-    ("features/pretrained.py", "model.state_dict()"),
+    ("features/demo_models.py", "model.state_dict()"),
 }
 
 
