@@ -260,6 +260,12 @@ def test_other_input_paths_reproduce_cv_predictions(prefect_harness, tmp_path, m
     out = predict(p, collect_inputs(_files_of(run, cv["utt_id"])), fold=0)
     np.testing.assert_allclose(out[_prob_cols(out)].to_numpy(), cv[_prob_cols(cv)].to_numpy(), atol=1e-5)
     assert out["pred"].tolist() == cv["pred"].tolist()
+    if model == "head_fusion":  # with drop_short (the paper), audio shorter than a window gets no prediction
+        x, sr = sf.read(_files_of(run, cv["utt_id"][:1])[0], dtype="float32")
+        sf.write(tmp_path / "short.wav", x[: int(0.3 * sr)], sr)
+        p.train["drop_short"] = True
+        out = predict(p, collect_inputs([tmp_path / "short.wav", *_files_of(run, cv["utt_id"][:1])]))
+        assert pd.isna(out["pred"][0]) and "too short" in out["warning"][0] and out["pred"][1] in p.labels
 
 
 def test_write_table_by_suffix(tmp_path):
