@@ -36,6 +36,7 @@ import math
 import os
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -447,6 +448,120 @@ def publish_artifacts(model: str, metrics: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the flow
+# cross_validate orchestrates; each step below is a plain function (testable without a Prefect flow run).
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cross-validation run, resolved before any fold trains (see :func:`resolve_run`)."""
+
+    model: str
+    info: Any  # models.ModelInfo: the paper's fold plan, train defaults, paper row
+    plan: str
+    folds_path: Path
+    manifest: pd.DataFrame  # after the label map
+    plan_df: pd.DataFrame
+    label_map: dict[str, str] | None
+    model_params: dict[str, Any]  # as configured, without the flow-level keys fold_plan/label_map
+    resolved_params: dict[str, Any]  # + input dimensions read from the store: what the cache key sees
+    train_cfg: dict[str, Any]
+    folds: list[int]  # the folds this run trains
+    labels: list[str]
+    features: dict[str, dict[str, Any]]  # feature_provenance of the model's inputs
+    code: str  # code_version() of the training code
+
+
+def resolve_run(model: str, plan: str | None, *, manifest_path: str | Path, folds_dir: str | Path,
+                features_dir: str | Path, model_params: dict[str, Any] | None, train_params: dict[str, Any] | None,
+                folds: list[int] | None, label_map: dict[str, str] | None) -> RunSpec:
+    """The plan (argument, else ``models.<name>.fold_plan``, else the paper's), label map, inputs, training
+    config, folds to run and the model config with the store's dimensions; reads the manifest, plan and store."""
+    from models import get_model_info
+    from pipeline.data import class_labels, open_readers, resolve_dims
+    from pipeline.train import resolve_train_config
+
+    info = get_model_info(model)
+    model_params = dict(model_params or {})
+    # flow-level keys of a models.<name> section (a deployment passes the section as it is)
+    section_plan, section_map = model_params.pop("fold_plan", None), model_params.pop("label_map", None)
+    plan = plan or section_plan or info.fold_plan
+    label_map = label_map or section_map
+    folds_path = Path(folds_dir) / f"{plan}.parquet"
+    manifest, plan_df = apply_label_map(*load_inputs(manifest_path, folds_path), label_map)
+    train_cfg = resolve_train_config(info.train, train_params)
+    all_folds = sorted(int(f) for f in plan_df["fold"].unique())
+    chosen = all_folds if folds is None else [f for f in all_folds if f in set(folds)]
+    if not chosen:
+        raise FlowError(f"no folds to run: plan {plan} has folds {all_folds}, requested {folds}")
+    labels = class_labels(manifest, plan_df["utt_id"].astype(str))
+    # dimensions come from the store: resolve them once so the cache key sees the real model config
+    specs = info.input_specs(**model_params)
+    readers = open_readers(features_dir, [s.feature for s in specs.values()])
+    try:
+        dims = resolve_dims(specs, readers, str(train_cfg.get("layer_reduce", "mean")))
+    finally:
+        for r in readers.values():
+            r.close()
+    return RunSpec(model=model, info=info, plan=plan, folds_path=folds_path, manifest=manifest, plan_df=plan_df,
+                   label_map=label_map, model_params=model_params, resolved_params={**model_params, **dims},
+                   train_cfg=train_cfg, folds=chosen, labels=labels,
+                   features=feature_provenance(features_dir, sorted({s.feature for s in specs.values()})),
+                   code=code_version())
+
+
+def fold_cache_keys(spec: RunSpec, features_dir: str | Path) -> dict[int, str]:
+    """fold → the content key of its ``train_fold`` task (:func:`fold_cache_key`)."""
+    return {f: fold_cache_key(spec.model, f, manifest=spec.manifest, folds=spec.plan_df, features_dir=features_dir,
+                              model_params=spec.resolved_params, train_cfg=spec.train_cfg, labels=spec.labels,
+                              code=spec.code)
+            for f in spec.folds}
+
+
+@dataclass(frozen=True)
+class FoldRuns:
+    """What the fold tasks returned (sorted by fold), which came from the cache, and each fold's checkpoints."""
+
+    results: list[dict[str, Any]]
+    cached: list[int]
+    checkpoint_dirs: dict[str, str]
+
+
+def run_folds(spec: RunSpec, keys: dict[int, str], *, manifest_path: str | Path, features_dir: str | Path,
+              storage_dir: str | Path, train_params: dict[str, Any] | None, task_runner: str,
+              max_workers: int | None, dask_address: str | None, refresh_cache: bool, logger=None) -> FoldRuns:
+    """One ``train_fold`` task per fold on the chosen task runner; results persist under ``<storage_dir>/results``
+    (the resume cache), checkpoints under ``<storage_dir>/checkpoints/<model>/<key>``."""
+    storage = Path(storage_dir)
+    # a Path is a local result store (no block document needed, works with and without a server)
+    result_storage = (storage / "results").resolve()
+    checkpoint_root = str((storage / "checkpoints").resolve())
+    checkpoint_dirs = {str(f): str(Path(checkpoint_root) / spec.model / keys[f]) for f in spec.folds}  # for predict
+    runner = make_task_runner(task_runner, max_workers, dask_address)
+    fold_results: list[dict[str, Any]] = []
+    with runner:
+        futures = []
+        for f in spec.folds:
+            t = train_fold_task.with_options(
+                task_run_name=f"{spec.model}-fold{f}",
+                result_storage=result_storage,
+                refresh_cache=refresh_cache,
+            )
+            params = dict(model=spec.model, fold=f, cache_key=keys[f],
+                          manifest_path=str(Path(manifest_path).resolve()),
+                          folds_path=str(spec.folds_path.resolve()), features_dir=str(Path(features_dir).resolve()),
+                          model_params=spec.resolved_params, train_params=dict(train_params or {}),
+                          labels=spec.labels, checkpoint_root=checkpoint_root,
+                          label_map=dict(spec.label_map) if spec.label_map else None)
+            futures.append(runner.submit(t, parameters=params))
+        cached = []
+        for f, fut in zip(spec.folds, futures, strict=True):
+            fold_results.append(fut.result())
+            if fut.state.name == "Cached":
+                cached.append(f)
+        if cached and logger is not None:
+            logger.info(f"{spec.model}: folds {cached} reused from the cache (same content key)")
+    fold_results.sort(key=lambda r: r["fold"])
+    return FoldRuns(fold_results, cached, checkpoint_dirs)
 
 
 @flow(name="cross_validate", log_prints=True)
@@ -475,71 +590,19 @@ def cross_validate(
     Writes ``<results_dir>/<model>/`` (when ``results_dir`` is set) and a run record under ``<runs_dir>``;
     returns the metrics dict (the content of ``metrics.json``).
     """
-    from models import get_model_info
-    from pipeline.data import class_labels
-    from pipeline.train import resolve_train_config
+    from pipeline.folds import plan_hash
 
     logger = get_run_logger()
     t0 = _dt.datetime.now(_dt.timezone.utc)
-    info = get_model_info(model)
-    model_params = dict(model_params or {})
-    # flow-level keys of a models.<name> section (a deployment passes the section as it is)
-    section_plan, section_map = model_params.pop("fold_plan", None), model_params.pop("label_map", None)
-    plan = plan or section_plan or info.fold_plan
-    label_map = label_map or section_map
-    folds_path = Path(folds_dir) / f"{plan}.parquet"
-    manifest, plan_df = apply_label_map(*load_inputs(manifest_path, folds_path), label_map)
-    from pipeline.folds import plan_hash
-
-    train_cfg = resolve_train_config(info.train, train_params)
-    all_folds = sorted(int(f) for f in plan_df["fold"].unique())
-    run_folds = all_folds if folds is None else [f for f in all_folds if f in set(folds)]
-    if not run_folds:
-        raise FlowError(f"no folds to run: plan {plan} has folds {all_folds}, requested {folds}")
-    labels = class_labels(manifest, plan_df["utt_id"].astype(str))
-
-    # dimensions come from the store: resolve them once so the cache key sees the real model config
-    from pipeline.data import open_readers, resolve_dims
-
-    specs = info.input_specs(**model_params)
-    readers = open_readers(features_dir, [s.feature for s in specs.values()])
-    resolved_params = {**model_params, **resolve_dims(specs, readers, str(train_cfg.get("layer_reduce", "mean")))}
-    for r in readers.values():
-        r.close()
-    feats = feature_provenance(features_dir, sorted({s.feature for s in specs.values()}))
-    code = code_version()
-    storage = Path(storage_dir)
-    # a Path is a local result store (no block document needed, works with and without a server)
-    result_storage = (storage / "results").resolve()
-    checkpoint_root = str((storage / "checkpoints").resolve())
-
-    runner = make_task_runner(task_runner, max_workers, dask_address)
-    fold_results: list[dict[str, Any]] = []
-    checkpoint_dirs: dict[str, str] = {}
-    with runner:
-        futures = []
-        for f in run_folds:
-            key = fold_cache_key(model, f, manifest=manifest, folds=plan_df, features_dir=features_dir,
-                                 model_params=resolved_params, train_cfg=train_cfg, labels=labels, code=code)
-            checkpoint_dirs[str(f)] = str(Path(checkpoint_root) / model / key)  # what `emoflow predict` loads
-            t = train_fold_task.with_options(
-                task_run_name=f"{model}-fold{f}",
-                result_storage=result_storage,
-                refresh_cache=refresh_cache,
-            )
-            params = dict(model=model, fold=f, cache_key=key, manifest_path=str(Path(manifest_path).resolve()),
-                          folds_path=str(folds_path.resolve()), features_dir=str(Path(features_dir).resolve()),
-                          model_params=resolved_params, train_params=dict(train_params or {}), labels=labels,
-                          checkpoint_root=checkpoint_root, label_map=dict(label_map) if label_map else None)
-            futures.append(runner.submit(t, parameters=params))
-        cached = []
-        for f, fut in zip(run_folds, futures, strict=True):
-            fold_results.append(fut.result())
-            if fut.state.name == "Cached":
-                cached.append(f)
-        if cached:
-            logger.info(f"{model}: folds {cached} reused from the cache (same content key)")
-    fold_results.sort(key=lambda r: r["fold"])
+    spec = resolve_run(model, plan, manifest_path=manifest_path, folds_dir=folds_dir, features_dir=features_dir,
+                       model_params=model_params, train_params=train_params, folds=folds, label_map=label_map)
+    runs = run_folds(spec, fold_cache_keys(spec, features_dir), manifest_path=manifest_path,
+                     features_dir=features_dir, storage_dir=storage_dir, train_params=train_params,
+                     task_runner=task_runner, max_workers=max_workers, dask_address=dask_address,
+                     refresh_cache=refresh_cache, logger=logger)
+    info, plan, manifest, plan_df, train_cfg = spec.info, spec.plan, spec.manifest, spec.plan_df, spec.train_cfg
+    model_params, resolved_params, feats, code = spec.model_params, spec.resolved_params, spec.features, spec.code
+    fold_results, cached, checkpoint_dirs = runs.results, runs.cached, runs.checkpoint_dirs
 
     metrics, preds = summarise(model, fold_results)
     random_feats = sorted(n for n, p in feats.items() if p["random_weights"])
