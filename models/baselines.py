@@ -101,17 +101,22 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndar
     the C with the best validation score wins. Returns ``(W (C, D), b (C,), mean (D,), scale (D,), record)``;
     classes absent from the training split get a bias of -1e4 (never predicted)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
     from sklearn.preprocessing import StandardScaler
 
-    score_fn = balanced_accuracy_score if select_on == "ua" else accuracy_score
+    if select_on not in ("ua", "wa", "loss"):
+        raise ValueError(f"select_on must be val_ua, val_wa or val_loss, got val_{select_on}")
+    score_fn = {"ua": balanced_accuracy_score, "wa": accuracy_score}.get(select_on)
     scaler = StandardScaler().fit(x)
     xs, xv = scaler.transform(x), scaler.transform(x_val)
     best, history = None, []
     for c in config.c_grid:
         clf = LogisticRegression(C=float(c), max_iter=int(config.max_iter), class_weight=config.class_weight)
         clf.fit(xs, y)
-        score = float(score_fn(y_val, clf.predict(xv)))
+        if score_fn is None:  # val_loss: higher is better throughout, so the negated cross-entropy
+            score = -float(log_loss(y_val, clf.predict_proba(xv), labels=clf.classes_))
+        else:
+            score = float(score_fn(y_val, clf.predict(xv)))
         history.append({"C": float(c), f"val_{select_on}": score})
         if best is None or score > best[0]:
             best = (score, float(c), clf)
@@ -183,6 +188,10 @@ class Probe(PaperModel):
         else:
             self.head = nn.Sequential(nn.Linear(pooled, config.hidden), nn.ReLU(), nn.Dropout(config.dropout),
                                       nn.Linear(config.hidden, num_classes))
+
+    @property
+    def output_layer(self) -> str:
+        return "head" if isinstance(self.head, nn.Linear) else "head.3"
 
     @staticmethod
     def input_specs(config: ProbeConfig) -> dict[str, InputSpec]:

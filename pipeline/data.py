@@ -228,6 +228,51 @@ def add_power_noise_db(x: np.ndarray, snr_db: float, rng: np.random.Generator) -
     return (10.0 * np.log10(power + noise)).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------------------------- augmentation
+
+#: keys of the ``augment`` train setting (SpecAugment, Park et al. 2019, plus a random start offset)
+AUGMENT_KEYS = ("time_masks", "time_width", "freq_masks", "freq_width", "shift")
+
+
+def check_augment(aug: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """``augment`` setting → ints for every key (0 = off); unknown keys raise, naming them."""
+    if not aug:
+        return None
+    unknown = sorted(set(aug) - set(AUGMENT_KEYS))
+    if unknown:
+        raise DataError(f"unknown augment key(s) {unknown}; known: {', '.join(AUGMENT_KEYS)}")
+    return {k: int(aug.get(k) or 0) for k in AUGMENT_KEYS}
+
+
+def spec_augment(x: np.ndarray, aug: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
+    """Random start offset, then time and frequency masks set to 0 (the training mean once inputs are
+    normalised) on a (T, F) array → (T', F) with T' ≥ T − shift. Layered (T, L, H) inputs mask time only.
+
+    >>> a = np.ones((50, 8), np.float32)
+    >>> b = spec_augment(a, {"time_masks": 1, "time_width": 5, "freq_masks": 1, "freq_width": 2, "shift": 0},
+    ...                  np.random.default_rng(0))
+    >>> b.shape, bool(b.min() == 0.0), bool(a.min() == 1.0)
+    ((50, 8), True, True)
+    """
+    if x.shape[0] == 0:
+        return x
+    if aug["shift"] and x.shape[0] > 1:
+        x = x[int(rng.integers(0, min(aug["shift"], x.shape[0] - 1) + 1)):]
+    x = x.copy()
+    T = x.shape[0]
+    for _ in range(aug["time_masks"]):
+        w = int(rng.integers(0, min(aug["time_width"], T) + 1))
+        t0 = int(rng.integers(0, T - w + 1))
+        x[t0 : t0 + w] = 0.0
+    if x.ndim == 2:
+        F = x.shape[1]
+        for _ in range(aug["freq_masks"]):
+            w = int(rng.integers(0, min(aug["freq_width"], F) + 1))
+            f0 = int(rng.integers(0, F - w + 1))
+            x[:, f0 : f0 + w] = 0.0
+    return x
+
+
 # ----------------------------------------------------------------------------------------------- normalisation
 
 NORMALIZE_MODES = (None, "none", "fold", "utterance")  # "none" switches a model's default off (null keeps it)
@@ -309,7 +354,8 @@ class Item:
 
 @dataclass
 class FeatureDataset(Dataset):
-    """Items of one split: ``dict(key → np.ndarray, "label" → int, "index" → int)``.
+    """Items of one split: ``dict(key → np.ndarray, "label" → int, "index" → int)`` (and ``"target"`` → the
+    utterance's ``(K,)`` float32 V/A/D row, NaN = unannotated, when ``targets`` ``(n_utts, K)`` is given).
 
     ``items``: one per utterance, or one per window when segmented; ``utt_index`` maps each item to its
     utterance's position in ``utt_ids`` (for per-utterance averaging). Readers open lazily in each DataLoader
@@ -322,9 +368,12 @@ class FeatureDataset(Dataset):
     labels: list[int]
     segmenting: Segmenting | None = None
     split: str = "train"
+    targets: np.ndarray | None = None
     noise_snr_db: float | None = None
     seed: int = 0
     normalizer: Normalizer | None = None
+    #: SpecAugment-style masks + random start offset on the train split (see :func:`spec_augment`); None = off
+    augment: Mapping[str, int] | None = None
     #: keep every array read (after layer reduction) in memory: later epochs skip HDF5 reads and dtype
     #: conversion (same values; costs the split's size in RAM — for small corpora and stacked encoder layers)
     cache_in_memory: bool = False
@@ -336,6 +385,8 @@ class FeatureDataset(Dataset):
     def __post_init__(self) -> None:
         if len(self.utt_ids) != len(self.labels):
             raise ValueError("utt_ids and labels differ in length")
+        if self.targets is not None and len(self.targets) != len(self.utt_ids):
+            raise ValueError("utt_ids and targets differ in length")
         for view in self.views.values():
             if view.feature not in self.readers:
                 raise DataError(f"no reader for feature {view.feature!r} (input {view.key!r})")
@@ -400,6 +451,8 @@ class FeatureDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
         out: dict[str, Any] = {"label": self.labels[self.utt_index[i]], "index": i}
+        if self.targets is not None:  # a window carries its utterance's targets
+            out["target"] = self.targets[self.utt_index[i]]
         for key, view in self.views.items():
             if view.kind == "sequence":
                 a = self._sequence(view, item.utt_id)
@@ -407,7 +460,8 @@ class FeatureDataset(Dataset):
                     a = a[item.start : item.start + self.segmenting.window]
                 if view.max_len is not None:
                     a = a[: view.max_len]
-                if view.fixed_len is not None:
+                augmenting = bool(self.augment) and self.split == "train"
+                if view.fixed_len is not None and not augmenting:
                     a = a[: view.fixed_len]
                 if self.noise_snr_db is not None and self.split in ("train", "val"):
                     epoch = self.epoch if self.split == "train" else -1
@@ -415,6 +469,13 @@ class FeatureDataset(Dataset):
                     a = add_power_noise_db(a, float(self.noise_snr_db), rng)
                 if self.normalizer is not None:
                     a = self.normalizer(key, a, "sequence")
+                if augmenting:
+                    # after normalisation (masks = the training mean) and before the fixed-length cut (the
+                    # shift brings frames beyond fixed_len into view); seeded per (epoch, item): resumable
+                    rng = np.random.default_rng(stable_seed(self.seed, "augment", self.epoch, i, key))
+                    a = spec_augment(a, self.augment, rng)
+                    if view.fixed_len is not None:
+                        a = a[: view.fixed_len]
             elif view.kind == "vector":
                 a = np.asarray(self.readers[view.feature][item.utt_id]).astype(np.float32, copy=False).reshape(-1)
                 if self.normalizer is not None:
@@ -431,7 +492,8 @@ class FeatureDataset(Dataset):
 
 def collate(items: Sequence[dict[str, Any]], views: Mapping[str, InputView], segment_len: int | None = None) -> dict[str, torch.Tensor]:
     """Stack items into a batch: sequences ``(B, T, D)`` float + ``<mask_key>`` bool ``(B, T)`` True = pad;
-    vectors ``(B, D)``; phonemes ``(B, W, P)`` long (0 = pad) + word mask ``(B, W)``; ``label``/``index`` ``(B,)``.
+    vectors ``(B, D)``; phonemes ``(B, W, P)`` long (0 = pad) + word mask ``(B, W)``; ``label``/``index`` ``(B,)``;
+    ``target`` ``(B, K)`` float (NaN = unannotated) when the items carry one.
 
     ``T`` is the batch maximum, or the view's ``fixed_len`` / ``segment_len`` when set.
     """
@@ -439,6 +501,8 @@ def collate(items: Sequence[dict[str, Any]], views: Mapping[str, InputView], seg
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
     }
+    if "target" in items[0]:
+        batch["target"] = torch.from_numpy(np.stack([it["target"] for it in items]).astype(np.float32))
     B = len(items)
     for key, view in views.items():
         arrays = [it[key] for it in items]

@@ -54,6 +54,7 @@ from pipeline.data import (
     Normalizer,
     class_labels,
     feature_frame_shift,
+    check_augment,
     fit_normalizer,
     label_ids,
     make_segmenting,
@@ -63,7 +64,8 @@ from pipeline.data import (
     split_of_fold,
     stable_seed,
 )
-from pipeline.metrics import compute_metrics
+from pipeline.dimensional import target_array, target_columns
+from pipeline.metrics import compute_metrics, dimensional_metrics
 
 #: train settings the loop reads, with their defaults (the model's ``train`` dict overrides these, and
 #: ``params.yaml`` overrides both; ``None`` in params means "keep the paper's value").
@@ -77,7 +79,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_batch_size": None,  # None: = batch_size
     "epochs": 10,
     "schedule": None,  # None | {type: step, step_epochs, gamma} | {type: cosine, eta_min_factor}
-    "select_on": "val_wa",  # val_wa | val_ua
+    "select_on": "val_wa",  # val_wa | val_ua | val_loss (mean cross-entropy: steadier on a small validation split)
     "patience": None,  # epochs without validation improvement before stopping (None: never)
     "max_steps": None,  # cap on optimizer steps in total (smoke runs/demo)
     "grad_clip": None,
@@ -94,6 +96,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "fixed_len": None,
     "max_len": None,
     "noise_snr_db": None,
+    "augment": None,  # small-corpus setting: {time_masks, time_width, freq_masks, freq_width, shift} (frames)
     "segment_s": None,  # paper E: window length (s); None = no segmentation
     "train_hop_s": None,
     "test_hop_s": None,
@@ -105,6 +108,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "class_weights": None,  # None | balanced (loss weights ∝ 1 / training-split class frequency)
     "fit": "gradient",  # gradient (the loop below) | sklearn (closed-form baselines with fit_arrays)
 }
+#: dimensional-target settings (README "Dimensional targets"). Kept out of TRAIN_DEFAULTS: a resolved config
+#: holds them only when set, so classification runs' configs, cache keys and run.json stay as they were.
+DIM_DEFAULTS: dict[str, Any] = {
+    "task": "classification",  # classification | regression (V/A/D only) | multitask (classes + V/A/D)
+    "dim_loss": "ccc",  # ccc (1 − CCC per dimension, averaged) | mse; unannotated values are masked out
+    "dim_weight": 1.0,  # multitask: loss = cross-entropy + dim_weight · dimensional loss
+}
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory")
 #: informational keys of models' train dicts that the loop does not read
@@ -113,6 +123,7 @@ INFO_KEYS = ("code_variant", "paper_text_variant", "seeds")
 ALIASES = {"early_stopping_patience": "patience"}
 
 _TRAIN_LOCK = threading.Lock()
+SELECT_ON = ("val_wa", "val_ua", "val_loss", "val_ccc")  # val_ccc: dimensional tasks only (_check_task)
 
 
 class TrainError(EmoflowError, RuntimeError):
@@ -130,7 +141,7 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
     """
     cfg = dict(TRAIN_DEFAULTS)
     cfg.update({ALIASES.get(k, k): v for k, v in model_train.items()})
-    known = set(cfg) | set(INFO_KEYS) | set(ALIASES)
+    known = set(cfg) | set(INFO_KEYS) | set(ALIASES) | set(DIM_DEFAULTS)
     for ov in overrides:
         if not ov:
             continue
@@ -138,10 +149,12 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
         if unknown:
             raise TrainError(f"unknown train setting(s) {unknown}; known: {', '.join(sorted(known))}")
         cfg.update({ALIASES.get(k, k): v for k, v in ov.items() if v is not None})
-    if cfg["select_on"] not in ("val_wa", "val_ua"):
-        raise TrainError(f"select_on must be 'val_wa' or 'val_ua' (validation only), got {cfg['select_on']!r}")
+    if cfg["select_on"] not in SELECT_ON:
+        raise TrainError(f"select_on must be one of {', '.join(SELECT_ON)} (validation only), "
+                         f"got {cfg['select_on']!r}")
     if cfg["class_weights"] not in (None, "balanced"):
         raise TrainError(f"class_weights must be null or 'balanced', got {cfg['class_weights']!r}")
+    _check_task(cfg)
     if cfg["fit"] not in ("gradient", "sklearn"):
         raise TrainError(f"fit must be 'gradient' or 'sklearn', got {cfg['fit']!r}")
     if cfg["normalize"] not in NORMALIZE_MODES:
@@ -149,6 +162,32 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
     if cfg["loss"] != "cross_entropy":
         raise TrainError(f"loss {cfg['loss']!r} is not supported (cross_entropy only)")
     return cfg
+
+
+def task_of(cfg: Mapping[str, Any]) -> str:
+    return str(cfg.get("task", DIM_DEFAULTS["task"]))
+
+
+def _check_task(cfg: dict[str, Any]) -> None:
+    """Validate the dimensional settings. ``task: regression`` has no class logits, so it always selects on
+    the validation CCC (mean over dimensions); multitask may select on either."""
+    from models.registry import TASKS
+
+    task = task_of(cfg)
+    if task not in TASKS:
+        raise TrainError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "classification":
+        if cfg["select_on"] == "val_ccc":
+            raise TrainError("select_on: val_ccc needs dimensional targets (task: regression or multitask)")
+        return
+    if cfg.get("dim_loss", "ccc") not in ("ccc", "mse"):
+        raise TrainError(f"dim_loss must be 'ccc' or 'mse', got {cfg['dim_loss']!r}")
+    if not float(cfg.get("dim_weight", 1.0)) >= 0:
+        raise TrainError(f"dim_weight must be a number ≥ 0, got {cfg['dim_weight']!r}")
+    if cfg["fit"] != "gradient":
+        raise TrainError(f"task {task!r} needs fit: gradient (the closed-form fits are classifiers)")
+    if task == "regression":
+        cfg["select_on"] = "val_ccc"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -222,6 +261,29 @@ class FoldData:
     model_overrides: dict[str, Any]
     segmenting: Any = None
     normalizer: Normalizer | None = None
+    #: dimensional tasks: the manifest's V/A/D columns and each split's ``(n, K)`` targets (NaN = unannotated)
+    target_names: tuple[str, ...] = ()
+    targets: dict[str, np.ndarray] | None = None
+
+
+def fold_targets(where: str, manifest: pd.DataFrame, splits: Mapping[str, list[str]],
+                 task: str) -> tuple[tuple[str, ...], dict[str, np.ndarray] | None]:
+    """``(names, {split: (n, K) float32})`` of the V/A/D targets for a dimensional ``task`` (``((), None)`` for
+    classification). Unannotated values stay NaN and are masked out of the loss and the metrics; a split with
+    fewer than 2 annotated values of a dimension (no CCC) raises, naming the counts."""
+    if task == "classification":
+        return (), None
+    names = target_columns(manifest.columns)
+    if not names:
+        raise DataError(f"{where}: task {task!r} needs valence/arousal/dominance columns in the manifest and it "
+                        "has none (the iemocap adapter keeps them; a manifest corpus: add the columns)")
+    out = {s: target_array(manifest, ids, names) for s, ids in splits.items()}
+    for s, t in out.items():
+        for name, n_ok in zip(names, (~np.isnan(t)).sum(axis=0), strict=True):
+            if n_ok < 2:
+                raise DataError(f"{where}: only {n_ok} of the {len(t)} {s} utterances have a {name} value (CCC "
+                                f"needs 2); annotate them, drop the {name} column, or use task: classification")
+    return names, out
 
 
 def prepare_fold(
@@ -273,6 +335,7 @@ def prepare_fold(
             raise TrainError(f"{model_name}: `segment_s` needs a sequence input")
         segmenting = make_segmenting(train_cfg, feature_frame_shift(readers[seq[0].feature]))
     views = make_views(specs, train_cfg)
+    target_names, targets = fold_targets(f"{model_name} fold {fold}", manifest, splits, task_of(train_cfg))
     return FoldData(
         model_name=model_name,
         fold=fold,
@@ -285,6 +348,8 @@ def prepare_fold(
         segmenting=segmenting,
         # statistics of the training split only: validation and test never inform the inputs
         normalizer=fit_normalizer(train_cfg.get("normalize"), readers, views, splits["train"]),
+        target_names=target_names,
+        targets=targets,
     )
 
 
@@ -294,9 +359,11 @@ def make_dataset(data: FoldData, split: str, train_cfg: Mapping[str, Any]) -> Fe
         views=data.views,
         utt_ids=data.splits[split],
         labels=data.label_of[split],
+        targets=None if data.targets is None else data.targets[split],
         segmenting=data.segmenting,
         split=split,
         noise_snr_db=train_cfg.get("noise_snr_db"),
+        augment=check_augment(train_cfg.get("augment")),
         seed=stable_seed(train_cfg["seed"], data.fold),
         normalizer=data.normalizer,
         cache_in_memory=bool(train_cfg.get("cache_in_memory")),
@@ -329,7 +396,7 @@ def _loader(ds: FeatureDataset, data: FoldData, cfg: Mapping[str, Any], *, shuff
 
 
 def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("label", "index")}
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("label", "index", "target")}
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -343,8 +410,9 @@ def _autocast(device: torch.device, enabled: bool):
 def evaluate(
     model: torch.nn.Module, loader: DataLoader, n_utts: int, utt_index: list[int], device: torch.device, amp: bool
 ) -> np.ndarray:
-    """Logits per utterance ``(n_utts, C)``: the mean over an utterance's items (windows for paper E; a
-    single item otherwise). Utterances without any item (dropped as too short) are NaN rows."""
+    """Outputs per utterance ``(n_utts, W)`` (logits, then dimensional targets: see :func:`models.registry.
+    set_task_head`): the mean over an utterance's items (windows for paper E; a single item otherwise).
+    Utterances without any item (dropped as too short) are NaN rows."""
     model.eval()
     sums: np.ndarray | None = None
     counts = np.zeros(n_utts, np.int64)
@@ -368,6 +436,15 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def split_loss(logits: np.ndarray, true_ids: list[int]) -> float:
+    """Mean cross-entropy of per-utterance logits ``(N, C)`` (unweighted; NaN rows of dropped utterances skipped)."""
+    ok = ~np.isnan(logits).any(axis=1)
+    z = logits[ok] - logits[ok].max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    y = np.asarray(true_ids)[ok]
+    return float(-logp[np.arange(len(y)), y].mean()) if len(y) else float("nan")
+
+
 def score_split(logits: np.ndarray, true_ids: list[int], labels: list[str]) -> tuple[dict, np.ndarray]:
     """Metrics over utterances with predictions; returns (metrics, mask of scored utterances)."""
     ok = ~np.isnan(logits).any(axis=1)
@@ -376,6 +453,40 @@ def score_split(logits: np.ndarray, true_ids: list[int], labels: list[str]) -> t
     m = compute_metrics([labels[i] for i in y], [labels[i] for i in pred], labels)
     m["n_dropped"] = int((~ok).sum())
     return m, ok
+
+
+def n_logits(task: str, n_classes: int) -> int:
+    """How many leading output columns are class logits (the rest are dimensional targets)."""
+    return 0 if task == "regression" else n_classes
+
+
+def score_outputs(outputs: np.ndarray, data: FoldData, split: str, task: str) -> tuple[dict, np.ndarray]:
+    """:func:`score_split` of the logits columns (none for regression) and, for dimensional tasks, ``dims``
+    (CCC, Pearson, MAE per dimension, NaN targets left out) and ``ccc`` (their mean: ``select_on: val_ccc``)."""
+    if task == "classification":
+        return score_split(outputs, data.label_of[split], data.labels)
+    n_cls = n_logits(task, len(data.labels))
+    ok = ~np.isnan(outputs).any(axis=1)
+    if n_cls:
+        m, _ = score_split(outputs[:, :n_cls], data.label_of[split], data.labels)
+    else:
+        m = {"n": int(ok.sum()), "n_dropped": int((~ok).sum())}
+    pred, true = outputs[ok, n_cls:], data.targets[split][ok]
+    m["dims"] = {n: dimensional_metrics(true[:, k], pred[:, k]) for k, n in enumerate(data.target_names)}
+    finite = [d["ccc"] for d in m["dims"].values() if math.isfinite(d["ccc"])]
+    m["ccc"] = float(np.mean(finite)) if finite else float("nan")
+    return m, ok
+
+
+def _val_record(vm: Mapping[str, Any]) -> dict[str, float]:
+    """The validation scores of an epoch's history row (classification: val_wa, val_ua, as before)."""
+    rec = {"val_wa": vm["wa"], "val_ua": vm["ua"]} if "wa" in vm else {}
+    return {**rec, "val_ccc": vm["ccc"]} if "ccc" in vm else rec
+
+
+def _val_text(vm: Mapping[str, Any]) -> str:
+    text = f"val WA {vm['wa']:.2f} UA {vm['ua']:.2f}" if "wa" in vm else "val"
+    return f"{text} CCC {vm['ccc']:.3f}" if "ccc" in vm else text
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -544,6 +655,45 @@ def loss_weights(cfg: Mapping[str, Any], train_labels: list[int], n_classes: int
     return torch.tensor(w, dtype=torch.float32, device=device)
 
 
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − CCC per dimension of ``pred``/``target`` ``(B, K)``, averaged over the dimensions with ≥ 2 annotated
+    values in the batch (NaN targets masked out); 0 (with a graph) when none has."""
+    valid = ~torch.isnan(target)
+    losses = []
+    for k in range(target.shape[1]):
+        v = valid[:, k]
+        if int(v.sum()) < 2:  # one value has no variance: CCC undefined
+            continue
+        p, t = pred[v, k], target[v, k]
+        pm, tm = p.mean(), t.mean()
+        cov = ((p - pm) * (t - tm)).mean()
+        denom = p.var(unbiased=False) + t.var(unbiased=False) + (pm - tm) ** 2
+        losses.append(1.0 - 2.0 * cov / denom.clamp_min(1e-8))
+    return torch.stack(losses).mean() if losses else pred.sum() * 0.0
+
+
+def dimensional_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """``dim_loss`` of ``pred``/``target`` ``(B, K)``: ``ccc`` (:func:`ccc_loss`) or ``mse`` over annotated values."""
+    if kind == "ccc":
+        return ccc_loss(pred, target)
+    valid = ~torch.isnan(target)
+    sq = torch.where(valid, pred - torch.nan_to_num(target), torch.zeros_like(pred)) ** 2
+    return sq.sum() / valid.sum().clamp_min(1)
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, cfg: Mapping[str, Any],
+              weight: torch.Tensor | None) -> torch.Tensor:
+    """The training loss of a batch: ``out`` (B, W) model outputs, ``y`` (B,) class ids, ``target`` (B, K)."""
+    task = task_of(cfg)
+    if task == "classification":
+        return F.cross_entropy(out, y, weight=weight)
+    k = target.shape[1]
+    dim = dimensional_loss(out[:, out.shape[1] - k:], target.to(out.device), str(cfg.get("dim_loss", "ccc")))
+    if task == "regression":
+        return dim
+    return F.cross_entropy(out[:, : out.shape[1] - k], y, weight=weight) + float(cfg.get("dim_weight", 1.0)) * dim
+
+
 def _batches(loader, where: str):
     """``loader``'s batches; a DataLoader worker that died (SIGKILL, usually the kernel's OOM killer) ends the
     fold with one line instead of PyTorch's traceback. The epoch checkpoints stay: a rerun resumes from them."""
@@ -606,7 +756,7 @@ def fit_epoch(model, loader, opt, cfg, st: LoopState, device, amp: bool, scaler,
         try:
             with _autocast(device, amp):
                 logits = model(**inputs)
-                loss = F.cross_entropy(logits.float(), y, weight=weight)
+                loss = task_loss(logits.float(), y, batch.get("target"), cfg, weight)
             if not torch.isfinite(loss):
                 raise TrainError(f"{where} epoch {st.epoch + 1} batch {batch_no}: loss is {loss.item()}; "
                                  "lower the lr, set grad_clip, or set normalize: fold (and check the inputs: "
@@ -678,7 +828,10 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
                         model_params=model_params, train_cfg=cfg, labels=labels)
     ds = {s: make_dataset(data, s, cfg) for s in ("train", "val", "test")}
     seed_everything(stable_seed(seed, fold, "init"))
-    model = create_model(model_name, num_classes=len(data.labels), **data.model_overrides).to(device)
+    model = create_model(model_name, num_classes=len(data.labels), **data.model_overrides)
+    from models.registry import set_task_head
+
+    model = set_task_head(model, model_name, task_of(cfg), len(data.target_names)).to(device)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt is not None and data.normalizer is not None and data.normalizer.stats:
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -721,6 +874,8 @@ def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp
         best_state = load_file(str(ckpt / "best.safetensors"))
     max_steps, epochs, patience = cfg.get("max_steps"), int(cfg["epochs"]), cfg.get("patience")
     sel = cfg["select_on"].removeprefix("val_")
+    task = task_of(cfg)
+    n_cls = n_logits(task, len(data.labels))
     stopped = (max_steps is not None and st.step >= int(max_steps)) or (
         patience is not None and st.bad_epochs >= int(patience))
     while st.epoch < epochs and not stopped:
@@ -736,12 +891,17 @@ def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp
         if sched is not None:
             sched.step()
         val_logits = evaluate(model, val_loader, len(ds["val"].utt_ids), ds["val"].utt_index, device, amp)
-        vm, _ = score_split(val_logits, data.label_of["val"], data.labels)
-        rec = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_wa": vm["wa"], "val_ua": vm["ua"],
+        vm, _ = score_outputs(val_logits, data, "val", task)
+        if n_cls:  # of the logits columns (all of them for classification)
+            vm["loss"] = split_loss(val_logits[:, :n_cls], data.label_of["val"])
+        rec = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), **_val_record(vm),
                "lr": float(opt.param_groups[0]["lr"])}
+        if sel == "loss":
+            rec["val_loss"] = vm["loss"]
         st.history.append(rec)
-        if vm[sel] > st.best_score:
-            st.best_score, st.best_epoch, st.bad_epochs = float(vm[sel]), epoch, 0
+        score = -vm["loss"] if sel == "loss" else vm[sel]  # higher is better
+        if score > st.best_score:
+            st.best_score, st.best_epoch, st.bad_epochs = float(score), epoch, 0
             best_state = _cpu_state(model)
             if ckpt is not None:
                 ckpt.mkdir(parents=True, exist_ok=True)
@@ -751,8 +911,8 @@ def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp
         if patience is not None and st.bad_epochs >= int(patience):
             stopped = True
         st.epoch = epoch
-        log(f"{where} epoch {epoch}: loss {rec['train_loss']:.4f} val WA {vm['wa']:.2f} "
-            f"UA {vm['ua']:.2f}{' *' if st.best_epoch == epoch else ''}")
+        log(f"{where} epoch {epoch}: loss {rec['train_loss']:.4f} {_val_text(vm)}"
+            f"{' *' if st.best_epoch == epoch else ''}")
         if ckpt is not None:
             save_checkpoint(ckpt, model, opt, sched, st.to_dict())
     if best_state is None:
@@ -763,29 +923,40 @@ def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp
 def _final_result(model, data: FoldData, ds, cfg, st: LoopState, val_loader, device, amp, t_start,
                   resumed_from) -> FoldResult:
     """Score validation and test with the selected weights; the test predictions and the fold's record."""
-    fold = data.fold
+    fold, task = data.fold, task_of(cfg)
+    n_cls = n_logits(task, len(data.labels))
     val_logits = evaluate(model, val_loader, len(ds["val"].utt_ids), ds["val"].utt_index, device, amp)
-    val_m, _ = score_split(val_logits, data.label_of["val"], data.labels)
+    val_m, _ = score_outputs(val_logits, data, "val", task)
     test_loader = _loader(ds["test"], data, cfg, shuffle=False, seed=0)
     test_logits = evaluate(model, test_loader, len(ds["test"].utt_ids), ds["test"].utt_index, device, amp)
-    test_m, ok = score_split(test_logits, data.label_of["test"], data.labels)
-    probs = _softmax(test_logits[ok])
+    test_m, ok = score_outputs(test_logits, data, "test", task)
     test_ids = [u for u, k in zip(data.splits["test"], ok, strict=True) if k]
     y = np.asarray(data.label_of["test"])[ok]
     preds: dict[str, list] = {
         "utt_id": test_ids,
         "fold": [fold] * len(test_ids),
         "label": [data.labels[i] for i in y],
-        "pred": [data.labels[i] for i in probs.argmax(axis=1)],
     }
-    for j, lab in enumerate(data.labels):
-        preds[f"prob_{lab}"] = probs[:, j].astype(float).tolist()
+    if n_cls:
+        probs = _softmax(test_logits[ok][:, :n_cls])
+        preds["pred"] = [data.labels[i] for i in probs.argmax(axis=1)]
+        for j, lab in enumerate(data.labels):
+            preds[f"prob_{lab}"] = probs[:, j].astype(float).tolist()
+    if data.targets is not None:  # true values beside predictions: the pooled metrics are recomputable
+        true, pred = data.targets["test"][ok], test_logits[ok][:, n_cls:]
+        for k, name in enumerate(data.target_names):
+            preds[name] = [None if math.isnan(v) else float(v) for v in true[:, k]]
+        for k, name in enumerate(data.target_names):
+            preds[f"pred_{name}"] = pred[:, k].astype(float).tolist()
     cfg_obj = dataclasses.asdict(model.config) if dataclasses.is_dataclass(getattr(model, "config", None)) else {}
     extras = {"dropped_test": ds["test"].dropped, "dropped_train": len(ds["train"].dropped)}
     if data.normalizer is not None:
         extras["normalize"] = data.normalizer.mode
     if hasattr(model, "layer_weights"):
         extras["layer_weights"] = [float(v) for v in model.layer_weights().detach().cpu()]
+    if data.targets is not None:  # utterances without a value for some dimension: masked, counted here
+        extras.update(task=task, targets=list(data.target_names),
+                      unannotated={s: int(np.isnan(t).any(axis=1).sum()) for s, t in data.targets.items()})
     return FoldResult(
         model=data.model_name,
         fold=int(fold),
