@@ -159,3 +159,47 @@ def test_an_unwritable_output_folder_is_one_line(good_store, tmp_path):
                                  "--out", out, "--no-progress", "--params", good_store["params"]])
     assert_one_line_error(code, err, exc, str(folder), why, "permissions")
     assert not folder.exists()
+
+
+@pytest.mark.slow  # a CLI subprocess that imports torch + Prefect, trains, then a rerun: ~60 s on a busy 2-core box
+def test_sigterm_during_training_is_one_line_and_the_rerun_resumes(prefect_harness, synthetic_cv, tmp_path):
+    """The train stage as a user runs it (a subprocess, against the session's Prefect API so no server has to
+    start), SIGTERMed once a fold has an epoch checkpoint: exit 143 with the one interrupt line (Prefect marks the
+    flow run Crashed); the rerun reuses what finished and resumes the rest from its checkpoints."""
+    import yaml
+    from prefect.settings import PREFECT_API_URL
+
+    from models import tiny_config
+    from pipeline.flows import run_cross_validation
+
+    cv = synthetic_cv()
+    storage = tmp_path / "storage"
+    train = {"epochs": 3, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1, "seed": 0,
+             "task_runner": "threads", "max_workers": 1}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"dataset": {"name": "demo"}, "models": {"ilt": tiny_config("ilt")},
+                                      "train": {**train, "storage_dir": str(storage), "runs_dir": str(tmp_path)}}))
+    env = dict(cli_env(), PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "stage", "train", "--model", "ilt", "--manifest",
+                             str(cv["manifest_path"]), "--folds-dir", str(cv["folds_dir"]), "--features-dir",
+                             str(cv["features_dir"]), "--out", str(tmp_path / "results"), "--params", str(params)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((storage / "checkpoints").glob("ilt/*/state.pt")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "no fold checkpointed within 120 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    ours = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert ours == ["error: interrupted (SIGTERM); finished work is kept — rerun the same command to resume"], ours
+    assert not (tmp_path / "results" / "ilt" / "metrics.json").exists()
+
+    again = run_cross_validation(
+        "ilt", manifest_path=cv["manifest_path"], folds_dir=cv["folds_dir"], features_dir=cv["features_dir"],
+        results_dir=tmp_path / "results", storage_dir=storage, runs_dir=tmp_path / "runs",
+        params={"models": {"ilt": tiny_config("ilt")}, "train": train, "dataset": {"name": "demo"}})
+    resumed = [f for f, m in again["folds"].items() if (m.get("resumed_from_epoch") or 0) >= 1]
+    assert again["run"]["cached_folds"] or resumed, again["run"]
+    assert (tmp_path / "results" / "ilt" / "metrics.json").exists()
