@@ -300,3 +300,55 @@ def test_subset_setting_keeps_only_that_subset(synthetic_cv):
     with pytest.warns(UserWarning, match="no `subset` values"):
         prepare_fold("ilt", 0, manifest=man.assign(subset=""), folds=cv["folds"], features_dir=cv["features_dir"],
                      model_params=tiny_config("ilt"), train_cfg=cfg)
+
+
+# ----------------------------------------------------------------------------------------------- small-corpus settings
+
+
+def _dataset(cv, split: str, augment=None, fixed_len=None):
+    from pipeline.data import FeatureDataset, check_augment, open_readers
+
+    ids = list(cv["folds"].query(f"fold == 0 and split == '{split}'")["utt_id"])
+    readers = open_readers(cv["features_dir"], ["logmel40"])
+    views = {"x": InputView("x", "logmel40", "sequence", "x_mask", fixed_len=fixed_len)}
+    return FeatureDataset(readers=readers, views=views, utt_ids=ids, labels=[0] * len(ids), split=split,
+                          seed=3, augment=check_augment(augment))
+
+
+def test_augment_masks_train_items_per_epoch_and_leaves_evaluation_alone(synthetic_cv):
+    from pipeline.data import spec_augment
+
+    cv = synthetic_cv()
+    aug = {"time_masks": 2, "time_width": 8, "freq_masks": 2, "freq_width": 6, "shift": 10}
+    plain, train = _dataset(cv, "train", fixed_len=32), _dataset(cv, "train", aug, fixed_len=32)
+    train.set_epoch(1)
+    a1 = train[0]["x"]
+    assert a1.shape[0] <= 32 and a1.shape[1] == plain[0]["x"].shape[1]  # fixed_len still holds after the shift
+    assert np.array_equal(a1, train[0]["x"])  # same (epoch, item): same masks (resumable)
+    train.set_epoch(2)
+    assert not np.array_equal(a1, train[0]["x"])  # another epoch: other masks
+    assert (a1 == 0).sum() > (plain[0]["x"] == 0).sum()  # something was masked
+    val_aug, val = _dataset(cv, "val", aug), _dataset(cv, "val")
+    assert all(np.array_equal(val_aug[i]["x"], val[i]["x"]) for i in range(len(val)))
+    x = np.arange(40, dtype=np.float32).reshape(20, 2) + 1
+    y = spec_augment(x, {"time_masks": 0, "time_width": 0, "freq_masks": 0, "freq_width": 0, "shift": 5},
+                     np.random.default_rng(0))
+    assert 15 <= len(y) <= 20 and np.array_equal(y, x[20 - len(y):])  # a shift only drops leading frames
+    with pytest.raises(DataError, match="unknown augment key"):
+        _dataset(cv, "train", {"time_mask": 2})
+
+
+def test_select_on_val_loss_picks_the_epoch_of_lowest_validation_cross_entropy(synthetic_cv):
+    from sklearn.metrics import log_loss
+
+    from pipeline.train import split_loss
+
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [np.nan, np.nan]])
+    p = np.exp(logits[:2]) / np.exp(logits[:2]).sum(axis=1, keepdims=True)
+    assert split_loss(logits, [0, 0, 1]) == pytest.approx(log_loss([0, 0], p, labels=[0, 1]))
+    cv = synthetic_cv()
+    r = _fold(cv, epochs=3, select_on="val_loss")
+    losses = [h["val_loss"] for h in r.history]
+    assert r.best_epoch == 1 + int(np.argmin(losses))
+    with pytest.raises(TrainError, match="select_on"):
+        resolve_train_config({}, {"select_on": "test_ua"})
