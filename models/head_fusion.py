@@ -77,12 +77,16 @@ def conv_bn(c_in, c_out, kernel, padding):
 class HeadFusionACNN(PaperModel):
     """ACNN + head fusion (see module docstring).
 
+    ``output_layer``: ``fc`` on the fused, spatially pooled attention map (per 2 s segment; segments averaged
+    per utterance at evaluation, logits and dimensional targets alike).
+
     >>> from models import create_model, example_batch
     >>> create_model("head_fusion", n_size=8, n_head=2).eval()(**example_batch("head_fusion")).shape
     torch.Size([2, 4])
     """
 
     Config = HeadFusionConfig
+    output_layer = "fc"
 
     @staticmethod
     def input_specs(cfg):

@@ -126,6 +126,7 @@ def _specs_a(cfg):
 
 
 class _PaperAModel(PaperModel):
+    output_layer = "head.1"  # head = Dropout → Linear, on the pooled representation
     input_specs = staticmethod(_specs_a)
     example_batch = staticmethod(_example)
 

@@ -268,6 +268,7 @@ class KSTransformer(PaperModel):
     """
 
     Config = KSTransformerConfig
+    output_layer = "classifier.6"
 
     @staticmethod
     def input_specs(cfg):

@@ -241,6 +241,7 @@ class MultilevelTransformer(PaperModel):
     """
 
     Config = MultilevelConfig
+    output_layer = "head"
     input_specs = staticmethod(_specs_c)
     example_batch = staticmethod(_example_c)
 
@@ -291,6 +292,7 @@ class Multigranularity(PaperModel):
     """
 
     Config = MultigranularityConfig
+    output_layer = "head.1"
 
     @staticmethod
     def input_specs(cfg):

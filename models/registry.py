@@ -314,9 +314,14 @@ def random_sequence(
 
 
 class PaperModel(nn.Module):
-    """Base class: keeps the config and answers :meth:`model_inputs` from the subclass's ``input_specs``."""
+    """Base class: keeps the config and answers :meth:`model_inputs` from the subclass's ``input_specs``.
+
+    ``output_layer``: dotted path of the final ``nn.Linear`` (pooled representation → logits), which
+    :func:`set_task_head` widens for dimensional targets; None = the model cannot take another head.
+    """
 
     Config: type
+    output_layer: str | None = None
 
     def __init__(self, config, num_classes: int):
         super().__init__()
@@ -330,3 +335,48 @@ class PaperModel(nn.Module):
     def model_inputs(self) -> dict[str, str]:
         """Batch key → feature-store name consumed by this instance (e.g. ``{"x": "logmel40"}``)."""
         return {k: s.feature for k, s in self.input_specs(self.config).items()}
+
+
+# ----------------------------------------------------------------------------------------------- task heads
+
+#: what a model's output predicts (train setting ``task``): class logits, dimensional targets (V/A/D), or both
+TASKS = ("classification", "regression", "multitask")
+
+
+def head_width(task: str, num_classes: int, n_targets: int) -> int:
+    """Output width of ``task``: C logits, K targets, or C logits followed by K targets."""
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return {"classification": num_classes, "regression": n_targets, "multitask": num_classes + n_targets}[task]
+
+
+def set_task_head(model: nn.Module, name: str, task: str, n_targets: int) -> nn.Module:
+    """``model`` (in place) with its final Linear replaced by one of :func:`head_width` outputs, so that
+    ``forward`` gives ``(B, C)`` logits (classification: model untouched), ``(B, K)`` targets (regression) or
+    ``(B, C + K)`` logits then targets (multitask). The head reads the same pooled representation (and dropout)
+    as the model's classifier; the rest of the model is unchanged. A model without ``output_layer`` refuses.
+
+    >>> m = set_task_head(create_model("probe", input_dim=8, n_layers=3), "probe", "multitask", 3)
+    >>> m.eval()(**example_batch("probe", input_dim=8, n_layers=3)).shape
+    torch.Size([2, 7])
+    """
+    width = head_width(task, int(getattr(model, "num_classes", 0)), int(n_targets))
+    if task == "classification":
+        return model
+    path = getattr(model, "output_layer", None)
+    supported = [n for n in list_models() if getattr(get_model_info(n).model_cls, "output_layer", None)]
+    if not path:
+        raise ConfigError(f"{name}: task {task!r} needs a model whose final Linear can be widened; {name} has none "
+                          f"(use task: classification, or one of {', '.join(supported)})")
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = getattr(parent, attr) if not attr.isdigit() else parent[int(attr)]
+    if not isinstance(old, nn.Linear):
+        raise TypeError(f"{name}: output_layer {path!r} is a {type(old).__name__}, not nn.Linear")
+    new = nn.Linear(old.in_features, width, bias=old.bias is not None, device=old.weight.device,
+                    dtype=old.weight.dtype)
+    if attr.isdigit():
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
+    return model

@@ -270,6 +270,10 @@ class RLC(PaperModel):
 
     Config = RLCConfig
 
+    @property
+    def output_layer(self) -> str:
+        return f"classifier.{len(self.classifier) - 1}"  # after the optional dense layers
+
     @staticmethod
     def input_specs(cfg):
         specs = {"lld": InputSpec("lld17", "sequence", "lld_dim", "lld_mask")}

@@ -279,6 +279,8 @@ def significance_markdown(results_dir: str | Path, n_boot: int = N_BOOT, seed: i
     runs = {}
     for p in sorted(Path(results_dir).glob("*/predictions.parquet")):
         name, key, df = load_run(p.parent)
+        if "pred" not in df.columns:  # a task: regression run has no class predictions to compare
+            continue
         runs[name] = (key, df)
     if len(runs) < 2:
         return ""

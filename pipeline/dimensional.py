@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 VAD_COLUMNS = ("valence", "arousal", "dominance")
 _NAN3 = (math.nan, math.nan, math.nan)
@@ -38,3 +42,17 @@ def parse_iemocap_vad(file: Path) -> dict[str, tuple[float, float, float]]:
             if len(fields) >= 2:
                 out[fields[1].strip()] = parse_vad(fields[3]) if len(fields) >= 4 else _NAN3
     return out
+
+
+
+def target_columns(columns: Iterable[str]) -> tuple[str, ...]:
+    """The V/A/D columns a manifest has, in :data:`VAD_COLUMNS` order (a corpus may annotate only some)."""
+    have = set(columns)
+    return tuple(c for c in VAD_COLUMNS if c in have)
+
+
+def target_array(manifest: pd.DataFrame, utt_ids: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """``(len(utt_ids), len(names))`` float32 targets of ``utt_ids``, NaN where an utterance is not annotated
+    (or absent from ``manifest``)."""
+    table = manifest.set_index(manifest["utt_id"].astype(str))[list(names)]
+    return table.reindex(list(utt_ids)).to_numpy(dtype=np.float32, na_value=np.nan)

@@ -47,7 +47,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from features.errors import EmoflowError
 from pipeline.codehash import CODE_FILES, code_version  # noqa: F401  (the cache keys' code version; re-exported)
-from pipeline.metrics import aggregate_folds, compute_metrics, confusion_markdown
+from pipeline.metrics import (
+    DIM_SCORES,
+    aggregate_dimensional,
+    aggregate_folds,
+    compute_metrics,
+    confusion_markdown,
+    dimensional_markdown,
+)
 from pipeline.results import split_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,6 +250,12 @@ def fold_cache_key(
         "features": feats,
         "code": code or code_version(),
     }
+    if train_cfg.get("task", "classification") != "classification":
+        from pipeline.dimensional import target_array, target_columns
+
+        names = target_columns(manifest.columns)
+        ids = sorted(utts)
+        payload["utt_targets"] = _sha([names, ids, target_array(manifest, ids, names).tolist()])
     return f"{model}-fold{int(fold)}-{_sha(payload)[:32]}"
 
 
@@ -316,27 +329,33 @@ def make_task_runner(kind: str = "threads", max_workers: int | None = None, dask
 
 
 def summarise(model: str, fold_results: list[dict[str, Any]]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(metrics, predictions): per-fold, mean ± std and pooled metrics, and all folds' test predictions."""
+    """(metrics, predictions): per-fold, mean ± std and pooled metrics, and all folds' test predictions.
+
+    Classification scores come from a classification head (absent for ``task: regression``); ``dimensional``
+    (CCC/Pearson/MAE per dimension, :func:`pipeline.metrics.aggregate_dimensional`) only from V/A/D targets."""
     if not fold_results:
         raise FlowError(f"{model}: no fold results to summarise")
     labels = fold_results[0]["labels"]
-    agg = aggregate_folds([r["test"] for r in fold_results])
     preds = pd.concat([pd.DataFrame(r["predictions"]) for r in fold_results], ignore_index=True)
-    pooled = compute_metrics(preds["label"], preds["pred"], labels)
+    classes = "wa" in fold_results[0]["test"]
     out: dict[str, Any] = {}
-    for k in ("wa", "ua", "macro_f1"):
-        out[k] = {"mean": agg[k]["mean"], "std": agg[k]["std"], "pooled": pooled[k]}
-    out["per_class_recall"] = {
-        lab: {**agg["per_class_recall"].get(lab, {}), "pooled": pooled["per_class_recall"][lab]} for lab in labels
-    }
+    if classes:
+        agg = aggregate_folds([r["test"] for r in fold_results])
+        pooled = compute_metrics(preds["label"], preds["pred"], labels)
+        for k in ("wa", "ua", "macro_f1"):
+            out[k] = {"mean": agg[k]["mean"], "std": agg[k]["std"], "pooled": pooled[k]}
+        out["per_class_recall"] = {
+            lab: {**agg["per_class_recall"].get(lab, {}), "pooled": pooled["per_class_recall"][lab]} for lab in labels
+        }
+    dims = list(fold_results[0]["test"].get("dims") or {})
+    if dims:
+        out["dimensional"] = aggregate_dimensional(
+            [r["test"]["dims"] for r in fold_results],
+            {d: preds[d].to_numpy(dtype=float, na_value=np.nan) for d in dims},
+            {d: preds[f"pred_{d}"].to_numpy(dtype=float) for d in dims})
     out["folds"] = {
         str(r["fold"]): {
-            "wa": r["test"]["wa"],
-            "ua": r["test"]["ua"],
-            "macro_f1": r["test"]["macro_f1"],
-            "per_class_recall": r["test"]["per_class_recall"],
-            "val_wa": r["val"]["wa"],
-            "val_ua": r["val"]["ua"],
+            **_fold_scores(r),
             "best_epoch": r["best_epoch"],
             "epochs_run": r["epochs_run"],
             "n_train": r["n_train"],
@@ -350,18 +369,33 @@ def summarise(model: str, fold_results: list[dict[str, Any]]) -> tuple[dict[str,
     }
     out["n_folds"] = len(fold_results)
     out["labels"] = labels
-    out["pooled_confusion"] = pooled["confusion"]
-    out["pooled_confusion_normalized"] = pooled["confusion_normalized"]
+    if classes:
+        out["pooled_confusion"] = pooled["confusion"]
+        out["pooled_confusion_normalized"] = pooled["confusion_normalized"]
     sps = [r["train_samples_per_s"] for r in fold_results if r["train_samples_per_s"] is not None]
     out["train_samples_per_s"] = float(np.mean(sps)) if sps else None  # None: every fold was resumed finished
     out["fold_runtime_s"] = float(sum(r["runtime_s"] for r in fold_results))
     return out, preds
 
 
+def _fold_scores(r: dict[str, Any]) -> dict[str, Any]:
+    """A fold's test (and validation) scores for ``folds.<fold>`` (classification keys first, as before)."""
+    t, v = r["test"], r["val"]
+    row: dict[str, Any] = {}
+    if "wa" in t:
+        row.update(wa=t["wa"], ua=t["ua"], macro_f1=t["macro_f1"], per_class_recall=t["per_class_recall"],
+                   val_wa=v["wa"], val_ua=v["ua"])
+    if "dims" in t:
+        row.update(dims={d: {s: m[s] for s in DIM_SCORES} for d, m in t["dims"].items()}, val_ccc=v["ccc"])
+    return row
+
+
 def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFrame) -> dict[str, Path]:
     """``metrics.json`` (scores only), ``run.json`` (everything else: corpus, comparability, plan, features, paper
     numbers, per-fold scores, flow run, git revision, parameters, resolved configs), ``confusion.csv``
-    (actual,predicted rows for ``dvc plots``), ``confusion.png`` and ``predictions.parquet`` under ``out_dir``."""
+    (actual,predicted rows for ``dvc plots``), ``confusion.png`` and ``predictions.parquet`` under ``out_dir``.
+    A ``task: regression`` run has no classes: its confusion.csv is the header only and confusion.png holds
+    true-vs-predicted scatter plots per dimension (the files DVC declares for every train stage)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = ("metrics.json", "run.json", "confusion.csv", "confusion.png", "predictions.parquet")
@@ -370,13 +404,41 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFr
     scores, record = split_result(metrics)
     _write_json(paths["metrics.json"], scores)
     _write_json(paths["run.json"], record)
+    title = f"{metrics.get('model', '')} — pooled test predictions ({metrics.get('corpus', '')})"
+    if "pooled_confusion" not in metrics:
+        pd.DataFrame(columns=["actual", "predicted"]).to_csv(paths["confusion.csv"], index=False)
+        preds.to_parquet(paths["predictions.parquet"], index=False)
+        plot_dimensional(preds, list(metrics.get("dimensional") or {}), paths["confusion.png"], title=title)
+        return paths
     preds[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"}).to_csv(
         paths["confusion.csv"], index=False
     )
     preds.to_parquet(paths["predictions.parquet"], index=False)
-    plot_confusion(metrics["pooled_confusion"], metrics["labels"], paths["confusion.png"],
-                   title=f"{metrics.get('model', '')} — pooled test predictions ({metrics.get('corpus', '')})")
+    plot_confusion(metrics["pooled_confusion"], metrics["labels"], paths["confusion.png"], title=title)
     return paths
+
+
+def plot_dimensional(preds: pd.DataFrame, dims: list[str], path: str | Path, title: str = "") -> None:
+    """True vs predicted value per dimension (one scatter panel each, the identity line dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(len(dims), 1), figsize=(3.2 * max(len(dims), 1), 3.4), dpi=100, squeeze=False)
+    for ax, d in zip(axes[0], dims, strict=False):
+        t, p = preds[d].to_numpy(dtype=float, na_value=np.nan), preds[f"pred_{d}"].to_numpy(dtype=float)
+        ax.scatter(t, p, s=6, alpha=0.5)
+        both = np.concatenate([t[~np.isnan(t)], p])
+        lo, hi = float(both.min(initial=0.0)), float(both.max(initial=1.0))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"true {d}")
+        ax.set_ylabel(f"predicted {d}")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], path: str | Path, title: str = "") -> None:
@@ -410,41 +472,72 @@ def _artifact_key(model: str, what: str) -> str:
     return f"{model}-{what}".lower().replace("_", "-")
 
 
-def publish_artifacts(model: str, metrics: dict[str, Any]) -> None:
-    """A metrics table (one row per fold + mean ± std + pooled) and the pooled confusion matrix (Markdown)."""
+def _fmt(v, digits=2):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, digits)
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics table artifact: one row per fold, then mean, std and pooled (WA/UA/F1 in %, CCC per dimension
+    when the run has V/A/D targets)."""
+    classes = "pooled_confusion" in metrics
+    dims = list(metrics.get("dimensional") or {})
     rows = []
     for fold, m in metrics["folds"].items():
-        rows.append({"fold": fold, "WA": round(m["wa"], 2), "UA": round(m["ua"], 2),
-                     "macro-F1": round(m["macro_f1"], 2), "val WA": round(m["val_wa"], 2),
-                     "val UA": round(m["val_ua"], 2), "best epoch": m["best_epoch"], "n test": m["n_test"]})
+        row: dict[str, Any] = {"fold": fold}
+        if classes:
+            row.update({"WA": round(m["wa"], 2), "UA": round(m["ua"], 2), "macro-F1": round(m["macro_f1"], 2),
+                        "val WA": round(m["val_wa"], 2), "val UA": round(m["val_ua"], 2)})
+        row.update({f"CCC {d}": _fmt(m["dims"][d]["ccc"], 3) for d in dims})
+        if dims:
+            row["val CCC"] = _fmt(m["val_ccc"], 3)
+        rows.append({**row, "best epoch": m["best_epoch"], "n test": m["n_test"]})
+    names = (("WA", "wa"), ("UA", "ua"), ("macro-F1", "macro_f1"))
+    for sub in ("mean", "std", "pooled"):
+        row = {"fold": sub, **({n: _fmt(metrics[k][sub]) for n, k in names} if classes else {})}
+        rows.append({**row, **{f"CCC {d}": _fmt(metrics["dimensional"][d]["ccc"][sub], 3) for d in dims}})
+    return rows
 
-    def fmt(k, sub):
-        v = metrics[k][sub]
-        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, 2)
 
-    rows.append({"fold": "mean", **{n: fmt(k, "mean") for n, k in (("WA", "wa"), ("UA", "ua"), ("macro-F1", "macro_f1"))}})
-    rows.append({"fold": "std", **{n: fmt(k, "std") for n, k in (("WA", "wa"), ("UA", "ua"), ("macro-F1", "macro_f1"))}})
-    rows.append({"fold": "pooled", **{n: fmt(k, "pooled") for n, k in (("WA", "wa"), ("UA", "ua"), ("macro-F1", "macro_f1"))}})
-    paper = metrics.get("paper") or {}
-    flag = "" if metrics.get("comparable_to_paper") else " — NOT comparable to the paper (" + "; ".join(
+def _flag(metrics: dict[str, Any]) -> str:
+    return "" if metrics.get("comparable_to_paper") else " — NOT comparable to the paper (" + "; ".join(
         metrics.get("not_comparable_because", [])) + ")"
+
+
+def artifact_markdown(model: str, metrics: dict[str, Any]) -> tuple[str, str]:
+    """``(key suffix, Markdown)`` of the run's Markdown artifact: the pooled confusion matrix (``confusion``)
+    and, with V/A/D targets, CCC/Pearson/MAE per dimension (a regression run: those only, ``dimensional``)."""
+    classes = "pooled_confusion" in metrics
+    labels = metrics["labels"]
+    head = f"corpus **{metrics.get('corpus')}**, plan `{metrics.get('fold_plan')}`, {metrics['n_folds']} folds"
+    parts = [f"# {model}: pooled test confusion matrix" if classes else f"# {model}: dimensional targets",
+             head + _flag(metrics)]
+    if classes:
+        parts += [
+            "## Counts",
+            confusion_markdown(metrics["pooled_confusion"], labels),
+            "## Row-normalised (recall per actual class)",
+            confusion_markdown(metrics["pooled_confusion_normalized"], labels, normalized=True),
+        ]
+    if metrics.get("dimensional"):
+        parts += ["## Dimensional targets (test: mean ± std over folds, and pooled)",
+                  dimensional_markdown(metrics["dimensional"])]
+    return ("confusion" if classes else "dimensional"), "\n\n".join(parts)
+
+
+def publish_artifacts(model: str, metrics: dict[str, Any]) -> None:
+    """A metrics table (:func:`metrics_rows`) and a Markdown artifact (:func:`artifact_markdown`)."""
+    paper = metrics.get("paper") or {}
     create_table_artifact(
         key=_artifact_key(model, "cv-metrics"),
-        table=_jsonable(rows),
-        description=f"{model} on {metrics.get('corpus')} ({metrics.get('fold_plan')}): test metrics in %. "
-        f"Paper: WA {paper.get('wa')} / UA {paper.get('ua')}{flag}",
+        table=_jsonable(metrics_rows(metrics)),
+        description=f"{model} on {metrics.get('corpus')} ({metrics.get('fold_plan')}): test metrics in %"
+        f"{' (CCC as a coefficient)' if metrics.get('dimensional') else ''}. "
+        f"Paper: WA {paper.get('wa')} / UA {paper.get('ua')}{_flag(metrics)}",
     )
-    labels = metrics["labels"]
-    md = "\n\n".join([
-        f"# {model}: pooled test confusion matrix",
-        f"corpus **{metrics.get('corpus')}**, plan `{metrics.get('fold_plan')}`, {metrics['n_folds']} folds{flag}",
-        "## Counts",
-        confusion_markdown(metrics["pooled_confusion"], labels),
-        "## Row-normalised (recall per actual class)",
-        confusion_markdown(metrics["pooled_confusion_normalized"], labels, normalized=True),
-    ])
-    create_markdown_artifact(key=_artifact_key(model, "confusion"), markdown=md,
-                             description=f"{model}: pooled confusion matrix")
+    what, md = artifact_markdown(model, metrics)
+    create_markdown_artifact(key=_artifact_key(model, what), markdown=md,
+                             description=f"{model}: pooled confusion matrix" if what == "confusion" else
+                             f"{model}: CCC, Pearson and MAE per dimension")
 
 
 # ----------------------------------------------------------------------------------------------- the flow
@@ -564,101 +657,6 @@ def run_folds(spec: RunSpec, keys: dict[int, str], *, manifest_path: str | Path,
     return FoldRuns(fold_results, cached, checkpoint_dirs)
 
 
-def random_weight_features(spec: RunSpec) -> list[str]:
-    """The run's input features computed with random-weight encoders (the demo's)."""
-    return sorted(n for n, p in spec.features.items() if p["random_weights"])
-
-
-def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]]:
-    """Why this run's numbers must not sit beside the paper's ([] = they may), and the run's label map
-    (corpus label → class over the plan's utterances)."""
-    info, plan, manifest, plan_df = spec.info, spec.plan, spec.manifest, spec.plan_df
-    train_cfg, model_params, random_feats = spec.train_cfg, spec.model_params, random_weight_features(spec)
-    reasons = []
-    if corpus.lower() != "iemocap":
-        reasons.append(f"corpus is {corpus!r}, the papers used IEMOCAP")
-    if random_feats:
-        reasons.append(f"random-weight encoders: {', '.join(random_feats)}")
-    if plan != info.fold_plan:
-        reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
-    reasons += list(info.paper.get("deviations") or [])
-    paper_map = info.paper.get("label_map")
-    run_map = label_mapping(manifest[manifest["utt_id"].astype(str).isin(set(plan_df["utt_id"].astype(str)))])
-    if paper_map and run_map != dict(sorted(paper_map.items())):
-        reasons.append(f"label map {run_map} differs from the paper's {dict(sorted(paper_map.items()))} "
-                       "(set models.<name>.label_map)")
-    paper_subset = info.train.get("subset")
-    if paper_subset and train_cfg.get("subset") != paper_subset:
-        reasons.append(f"subset {train_cfg.get('subset')!r} differs from the paper's {paper_subset!r}")
-    if model_params.get("inputs"):
-        reasons.append(f"inputs {model_params['inputs']} are not the paper's")
-    if train_cfg.get("normalize") or train_cfg.get("class_weights"):
-        reasons.append("small-corpus settings (normalize/class_weights) are not the paper's recipe")
-    return reasons, run_map
-
-
-def flow_run_record(started: _dt.datetime, finished: _dt.datetime, runs: FoldRuns) -> dict[str, Any]:
-    """run.json's ``run``: the Prefect flow run (id, name, parameters), times, git revision, cache hits, checkpoints."""
-    from prefect.runtime import flow_run
-
-    return {
-        "flow_run_id": str(flow_run.id) if flow_run.id else None,
-        "flow_run_name": flow_run.name,
-        "started": started.isoformat(),
-        "finished": finished.isoformat(),
-        "git": git_revision(),
-        "prefect_api_url": os.environ.get("PREFECT_API_URL") or None,
-        "parameters": _jsonable(dict(flow_run.parameters or {})),
-        "cached_folds": runs.cached,
-        "checkpoints": runs.checkpoint_dirs,
-    }
-
-
-def run_record(spec: RunSpec, metrics: dict[str, Any], *, corpus: str, t0: _dt.datetime, t1: _dt.datetime,
-               run: dict[str, Any]) -> dict[str, Any]:
-    """The run's scores (``metrics``, from :func:`summarise`) with its provenance: comparability, plan, label map,
-    features, paper row, configs, code version and ``run`` (:func:`flow_run_record`)."""
-    from pipeline.folds import plan_hash
-
-    reasons, run_map = comparability(spec, corpus)
-    info, train_cfg = spec.info, spec.train_cfg
-    return {
-        "model": spec.model,
-        "corpus": corpus,
-        "comparable_to_paper": not reasons,
-        "not_comparable_because": reasons,
-        "fold_plan": spec.plan,
-        "plan_hash": plan_hash(spec.plan_df),
-        "label_map": run_map,
-        "protocol": info.paper.get("protocol"),
-        "select_on": train_cfg["select_on"],
-        "features": spec.features,
-        "random_weights_features": random_weight_features(spec),
-        "paper": {k: info.paper.get(k) for k in ("wa", "ua", "row", "title", "protocol")},
-        **metrics,
-        "runtime_s": (t1 - t0).total_seconds(),
-        "train": {k: v for k, v in train_cfg.items()},
-        "model_params": spec.resolved_params,
-        "code_version": spec.code,
-        "run": run,
-    }
-
-
-def write_outputs(out: dict[str, Any], preds: pd.DataFrame, *, results_dir: str | Path | None,
-                  runs_dir: str | Path | None, started: _dt.datetime, logger=None) -> None:
-    """:func:`write_results` into ``<results_dir>/<model>/`` (the DVC outputs) and the run's own record
-    ``<runs_dir>/<model>/<start time>-<flow run id>/``; either may be off (None)."""
-    model, run_id = out["model"], out["run"]["flow_run_id"]
-    if results_dir:
-        paths = write_results(Path(results_dir) / model, out, preds)
-        if logger is not None:
-            logger.info(f"{model}: results → {paths['metrics.json'].parent}")
-    if runs_dir:
-        stamp = started.strftime("%Y%m%dT%H%M%SZ")
-        rdir = Path(runs_dir) / model / f"{stamp}-{(run_id or 'local')[:8]}"
-        write_results(rdir, out, preds)
-
-
 @flow(name="cross_validate", log_prints=True)
 def cross_validate(
     model: str,
@@ -685,6 +683,8 @@ def cross_validate(
     Writes ``<results_dir>/<model>/`` (when ``results_dir`` is set) and a run record under ``<runs_dir>``;
     returns the metrics dict (the content of ``metrics.json``).
     """
+    from pipeline.folds import plan_hash
+
     logger = get_run_logger()
     t0 = _dt.datetime.now(_dt.timezone.utc)
     spec = resolve_run(model, plan, manifest_path=manifest_path, folds_dir=folds_dir, features_dir=features_dir,
@@ -693,15 +693,82 @@ def cross_validate(
                      features_dir=features_dir, storage_dir=storage_dir, train_params=train_params,
                      task_runner=task_runner, max_workers=max_workers, dask_address=dask_address,
                      refresh_cache=refresh_cache, logger=logger)
-    metrics, preds = summarise(model, runs.results)
+    info, plan, manifest, plan_df, train_cfg = spec.info, spec.plan, spec.manifest, spec.plan_df, spec.train_cfg
+    model_params, resolved_params, feats, code = spec.model_params, spec.resolved_params, spec.features, spec.code
+    fold_results, cached, checkpoint_dirs = runs.results, runs.cached, runs.checkpoint_dirs
+
+    metrics, preds = summarise(model, fold_results)
+    random_feats = sorted(n for n, p in feats.items() if p["random_weights"])
+    corpus = corpus or "unknown"
+    reasons = []
+    if corpus.lower() != "iemocap":
+        reasons.append(f"corpus is {corpus!r}, the papers used IEMOCAP")
+    if random_feats:
+        reasons.append(f"random-weight encoders: {', '.join(random_feats)}")
+    if plan != info.fold_plan:
+        reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
+    reasons += list(info.paper.get("deviations") or [])
+    paper_map = info.paper.get("label_map")
+    run_map = label_mapping(manifest[manifest["utt_id"].astype(str).isin(set(plan_df["utt_id"].astype(str)))])
+    if paper_map and run_map != dict(sorted(paper_map.items())):
+        reasons.append(f"label map {run_map} differs from the paper's {dict(sorted(paper_map.items()))} "
+                       "(set models.<name>.label_map)")
+    paper_subset = info.train.get("subset")
+    if paper_subset and train_cfg.get("subset") != paper_subset:
+        reasons.append(f"subset {train_cfg.get('subset')!r} differs from the paper's {paper_subset!r}")
+    if model_params.get("inputs"):
+        reasons.append(f"inputs {model_params['inputs']} are not the paper's")
+    if train_cfg.get("normalize") or train_cfg.get("class_weights"):
+        reasons.append("small-corpus settings (normalize/class_weights) are not the paper's recipe")
+    if train_cfg.get("task", "classification") != "classification":
+        reasons.append(f"task {train_cfg['task']!r}: the papers trained classifiers only")
     t1 = _dt.datetime.now(_dt.timezone.utc)
-    out = run_record(spec, metrics, corpus=corpus or "unknown", t0=t0, t1=t1, run=flow_run_record(t0, t1, runs))
-    write_outputs(out, preds, results_dir=results_dir, runs_dir=runs_dir, started=t0, logger=logger)
-    fold_results, reasons = runs.results, out["not_comparable_because"]
+    out: dict[str, Any] = {
+        "model": model,
+        "corpus": corpus,
+        "comparable_to_paper": not reasons,
+        "not_comparable_because": reasons,
+        "fold_plan": plan,
+        "plan_hash": plan_hash(plan_df),
+        "label_map": run_map,
+        "protocol": info.paper.get("protocol"),
+        "select_on": train_cfg["select_on"],
+        "features": feats,
+        "random_weights_features": random_feats,
+        "paper": {k: info.paper.get(k) for k in ("wa", "ua", "row", "title", "protocol")},
+        **metrics,
+        "runtime_s": (t1 - t0).total_seconds(),
+        "train": {k: v for k, v in train_cfg.items()},
+        "model_params": resolved_params,
+        "code_version": code,
+    }
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.id) if flow_run.id else None
+    out["run"] = {
+        "flow_run_id": run_id,
+        "flow_run_name": flow_run.name,
+        "started": t0.isoformat(),
+        "finished": t1.isoformat(),
+        "git": git_revision(),
+        "prefect_api_url": os.environ.get("PREFECT_API_URL") or None,
+        "parameters": _jsonable(dict(flow_run.parameters or {})),
+        "cached_folds": cached,
+        "checkpoints": checkpoint_dirs,
+    }
+    if results_dir:
+        paths = write_results(Path(results_dir) / model, out, preds)
+        logger.info(f"{model}: results → {paths['metrics.json'].parent}")
+    if runs_dir:
+        stamp = t0.strftime("%Y%m%dT%H%M%SZ")
+        rdir = Path(runs_dir) / model / f"{stamp}-{(run_id or 'local')[:8]}"
+        write_results(rdir, out, preds)
     publish_artifacts(model, out)
+    scores = [f"WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "
+              f"{out['ua']['std']:.2f}"] if "wa" in out else []
+    scores += [f"CCC {d} {v['ccc']['mean']:.3f} ± {v['ccc']['std']:.3f}" for d, v in out.get("dimensional", {}).items()]
     logger.info(
-        f"{model}: WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "
-        f"{out['ua']['std']:.2f} over {len(fold_results)} folds"
+        f"{model}: {', '.join(scores)} over {len(fold_results)} folds"
         + ("" if out["comparable_to_paper"] else f" (NOT comparable to the paper: {'; '.join(reasons)})")
     )
     return _jsonable({k: v for k, v in out.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")})

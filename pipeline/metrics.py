@@ -151,3 +151,42 @@ def dimensional_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dic
         r = float(np.corrcoef(t, p)[0, 1]) if t.size > 1 and t.std() > 0 and p.std() > 0 else float("nan")
     return {"n": int(t.size), "ccc": ccc(t, p), "pearson": r,
             "mae": float(np.mean(np.abs(t - p))) if t.size else float("nan")}
+
+
+#: the per-dimension scores of :func:`dimensional_metrics` that runs aggregate and report
+DIM_SCORES = ("ccc", "pearson", "mae")
+
+
+def aggregate_dimensional(fold_dims: Sequence[dict[str, dict[str, float]]],
+                          pooled_true: dict[str, Sequence[float]],
+                          pooled_pred: dict[str, Sequence[float]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{dim: {score: {"mean", "std", "pooled"}}}`` for CCC, Pearson and MAE: mean ± sample std over folds of
+    each fold's score, and the score of every fold's test predictions together (``pooled_true/pred``: dim →
+    values). Pooled CCC is not the mean of fold CCCs: it also sees offsets between folds.
+
+    >>> agg = aggregate_dimensional([{"v": {"ccc": 1.0, "pearson": 1.0, "mae": 0.0}},
+    ...                              {"v": {"ccc": 0.5, "pearson": 1.0, "mae": 1.0}}],
+    ...                             {"v": [1, 2, 3]}, {"v": [1, 2, 3]})
+    >>> agg["v"]["ccc"]["mean"], agg["v"]["ccc"]["pooled"], agg["v"]["mae"]["std"] > 0
+    (0.75, 1.0, True)
+    """
+    out = {}
+    for dim in pooled_true:
+        pooled = dimensional_metrics(pooled_true[dim], pooled_pred[dim])
+        out[dim] = {s: {**_mean_std([f[dim][s] for f in fold_dims]), "pooled": pooled[s]} for s in DIM_SCORES}
+    return out
+
+
+def dimensional_markdown(dimensional: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One row per dimension: CCC mean ± std over folds and pooled, pooled Pearson's r and MAE (Markdown)."""
+
+    def f(v, digits=3):
+        return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+    rows = ["| dimension | CCC (mean ± std) | CCC (pooled) | Pearson r (pooled) | MAE (pooled) |",
+            "|---|---|---|---|---|"]
+    for dim, s in dimensional.items():
+        c = s["ccc"]
+        rows.append(f"| {dim} | {f(c['mean'])} ± {f(c['std'])} | {f(c['pooled'])} | {f(s['pearson']['pooled'])} "
+                    f"| {f(s['mae']['pooled'])} |")
+    return "\n".join(rows)

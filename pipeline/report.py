@@ -93,6 +93,7 @@ def render_report(results: list[dict[str, Any]]) -> str:
         )
         if why:
             notes.append(f"- **{m['model']}**: " + "; ".join(why) + ".")
+    lines += dimensional_section(results)
     if notes:
         lines += ["", "## Not comparable with the papers", "", *notes]
         lines += ["", "## Published numbers (reference only, IEMOCAP)", "", "| model | WA | UA | paper row | paper |",
@@ -106,6 +107,31 @@ def render_report(results: list[dict[str, Any]]) -> str:
             lines += ["", "The demo corpus is a synthetic test bed for the pipeline: its numbers say nothing "
                       "about how well a model recognises emotion and are never comparable with the papers'."]
     return "\n".join(lines) + "\n"
+
+
+def dimensional_section(results: list[dict[str, Any]]) -> list[str]:
+    """Report lines for the runs with V/A/D targets (none: no lines): CCC mean ± std over folds and pooled,
+    pooled Pearson's r and MAE, one row per model and dimension."""
+    rows = [m for m in results if m.get("dimensional")]
+    if not rows:
+        return []
+
+    def f(v):
+        return "—" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+    lines = ["", "## Dimensional targets", "",
+             "Test CCC (Lin's concordance correlation), mean ± std over folds and pooled over every fold's test "
+             "predictions; Pearson's r and MAE pooled (MAE in the corpus' rating unit, IEMOCAP 1–5).", "",
+             "| model | corpus | task | dimension | CCC (mean ± std) | CCC (pooled) | Pearson r | MAE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in rows:
+        task = (m.get("train") or {}).get("task", "")
+        for dim, s in m["dimensional"].items():
+            c = s["ccc"]
+            lines.append(f"| {m['model']} | {m.get('corpus', 'unknown')} | {task} | {dim} | {f(c.get('mean'))} ± "
+                         f"{f(c.get('std'))} | {f(c.get('pooled'))} | {f(s['pearson'].get('pooled'))} "
+                         f"| {f(s['mae'].get('pooled'))} |")
+    return lines
 
 
 def write_report(results_dir: str | Path, out_md: str | Path) -> Path:
