@@ -657,6 +657,103 @@ def run_folds(spec: RunSpec, keys: dict[int, str], *, manifest_path: str | Path,
     return FoldRuns(fold_results, cached, checkpoint_dirs)
 
 
+def random_weight_features(spec: RunSpec) -> list[str]:
+    """The run's input features computed with random-weight encoders (the demo's)."""
+    return sorted(n for n, p in spec.features.items() if p["random_weights"])
+
+
+def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]]:
+    """Why this run's numbers must not sit beside the paper's ([] = they may), and the run's label map
+    (corpus label → class over the plan's utterances)."""
+    info, plan, manifest, plan_df = spec.info, spec.plan, spec.manifest, spec.plan_df
+    train_cfg, model_params, random_feats = spec.train_cfg, spec.model_params, random_weight_features(spec)
+    reasons = []
+    if corpus.lower() != "iemocap":
+        reasons.append(f"corpus is {corpus!r}, the papers used IEMOCAP")
+    if random_feats:
+        reasons.append(f"random-weight encoders: {', '.join(random_feats)}")
+    if plan != info.fold_plan:
+        reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
+    reasons += list(info.paper.get("deviations") or [])
+    paper_map = info.paper.get("label_map")
+    run_map = label_mapping(manifest[manifest["utt_id"].astype(str).isin(set(plan_df["utt_id"].astype(str)))])
+    if paper_map and run_map != dict(sorted(paper_map.items())):
+        reasons.append(f"label map {run_map} differs from the paper's {dict(sorted(paper_map.items()))} "
+                       "(set models.<name>.label_map)")
+    paper_subset = info.train.get("subset")
+    if paper_subset and train_cfg.get("subset") != paper_subset:
+        reasons.append(f"subset {train_cfg.get('subset')!r} differs from the paper's {paper_subset!r}")
+    if model_params.get("inputs"):
+        reasons.append(f"inputs {model_params['inputs']} are not the paper's")
+    if train_cfg.get("normalize") or train_cfg.get("class_weights"):
+        reasons.append("small-corpus settings (normalize/class_weights) are not the paper's recipe")
+    if train_cfg.get("task", "classification") != "classification":
+        reasons.append(f"task {train_cfg['task']!r}: the papers trained classifiers only")
+    return reasons, run_map
+
+
+def flow_run_record(started: _dt.datetime, finished: _dt.datetime, runs: FoldRuns) -> dict[str, Any]:
+    """run.json's ``run``: the Prefect flow run (id, name, parameters), times, git revision, cache hits, checkpoints."""
+    from prefect.runtime import flow_run
+
+    return {
+        "flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "flow_run_name": flow_run.name,
+        "started": started.isoformat(),
+        "finished": finished.isoformat(),
+        "git": git_revision(),
+        "prefect_api_url": os.environ.get("PREFECT_API_URL") or None,
+        "parameters": _jsonable(dict(flow_run.parameters or {})),
+        "cached_folds": runs.cached,
+        "checkpoints": runs.checkpoint_dirs,
+    }
+
+
+def run_record(spec: RunSpec, metrics: dict[str, Any], *, corpus: str, t0: _dt.datetime, t1: _dt.datetime,
+               run: dict[str, Any]) -> dict[str, Any]:
+    """The run's scores (``metrics``, from :func:`summarise`) with its provenance: comparability, plan, label map,
+    features, paper row, configs, code version and ``run`` (:func:`flow_run_record`)."""
+    from pipeline.folds import plan_hash
+
+    reasons, run_map = comparability(spec, corpus)
+    info, train_cfg = spec.info, spec.train_cfg
+    return {
+        "model": spec.model,
+        "corpus": corpus,
+        "comparable_to_paper": not reasons,
+        "not_comparable_because": reasons,
+        "fold_plan": spec.plan,
+        "plan_hash": plan_hash(spec.plan_df),
+        "label_map": run_map,
+        "protocol": info.paper.get("protocol"),
+        "select_on": train_cfg["select_on"],
+        "features": spec.features,
+        "random_weights_features": random_weight_features(spec),
+        "paper": {k: info.paper.get(k) for k in ("wa", "ua", "row", "title", "protocol")},
+        **metrics,
+        "runtime_s": (t1 - t0).total_seconds(),
+        "train": {k: v for k, v in train_cfg.items()},
+        "model_params": spec.resolved_params,
+        "code_version": spec.code,
+        "run": run,
+    }
+
+
+def write_outputs(out: dict[str, Any], preds: pd.DataFrame, *, results_dir: str | Path | None,
+                  runs_dir: str | Path | None, started: _dt.datetime, logger=None) -> None:
+    """:func:`write_results` into ``<results_dir>/<model>/`` (the DVC outputs) and the run's own record
+    ``<runs_dir>/<model>/<start time>-<flow run id>/``; either may be off (None)."""
+    model, run_id = out["model"], out["run"]["flow_run_id"]
+    if results_dir:
+        paths = write_results(Path(results_dir) / model, out, preds)
+        if logger is not None:
+            logger.info(f"{model}: results → {paths['metrics.json'].parent}")
+    if runs_dir:
+        stamp = started.strftime("%Y%m%dT%H%M%SZ")
+        rdir = Path(runs_dir) / model / f"{stamp}-{(run_id or 'local')[:8]}"
+        write_results(rdir, out, preds)
+
+
 @flow(name="cross_validate", log_prints=True)
 def cross_validate(
     model: str,
@@ -683,8 +780,6 @@ def cross_validate(
     Writes ``<results_dir>/<model>/`` (when ``results_dir`` is set) and a run record under ``<runs_dir>``;
     returns the metrics dict (the content of ``metrics.json``).
     """
-    from pipeline.folds import plan_hash
-
     logger = get_run_logger()
     t0 = _dt.datetime.now(_dt.timezone.utc)
     spec = resolve_run(model, plan, manifest_path=manifest_path, folds_dir=folds_dir, features_dir=features_dir,
@@ -693,76 +788,11 @@ def cross_validate(
                      features_dir=features_dir, storage_dir=storage_dir, train_params=train_params,
                      task_runner=task_runner, max_workers=max_workers, dask_address=dask_address,
                      refresh_cache=refresh_cache, logger=logger)
-    info, plan, manifest, plan_df, train_cfg = spec.info, spec.plan, spec.manifest, spec.plan_df, spec.train_cfg
-    model_params, resolved_params, feats, code = spec.model_params, spec.resolved_params, spec.features, spec.code
-    fold_results, cached, checkpoint_dirs = runs.results, runs.cached, runs.checkpoint_dirs
-
-    metrics, preds = summarise(model, fold_results)
-    random_feats = sorted(n for n, p in feats.items() if p["random_weights"])
-    corpus = corpus or "unknown"
-    reasons = []
-    if corpus.lower() != "iemocap":
-        reasons.append(f"corpus is {corpus!r}, the papers used IEMOCAP")
-    if random_feats:
-        reasons.append(f"random-weight encoders: {', '.join(random_feats)}")
-    if plan != info.fold_plan:
-        reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
-    reasons += list(info.paper.get("deviations") or [])
-    paper_map = info.paper.get("label_map")
-    run_map = label_mapping(manifest[manifest["utt_id"].astype(str).isin(set(plan_df["utt_id"].astype(str)))])
-    if paper_map and run_map != dict(sorted(paper_map.items())):
-        reasons.append(f"label map {run_map} differs from the paper's {dict(sorted(paper_map.items()))} "
-                       "(set models.<name>.label_map)")
-    paper_subset = info.train.get("subset")
-    if paper_subset and train_cfg.get("subset") != paper_subset:
-        reasons.append(f"subset {train_cfg.get('subset')!r} differs from the paper's {paper_subset!r}")
-    if model_params.get("inputs"):
-        reasons.append(f"inputs {model_params['inputs']} are not the paper's")
-    if train_cfg.get("normalize") or train_cfg.get("class_weights"):
-        reasons.append("small-corpus settings (normalize/class_weights) are not the paper's recipe")
-    if train_cfg.get("task", "classification") != "classification":
-        reasons.append(f"task {train_cfg['task']!r}: the papers trained classifiers only")
+    metrics, preds = summarise(model, runs.results)
     t1 = _dt.datetime.now(_dt.timezone.utc)
-    out: dict[str, Any] = {
-        "model": model,
-        "corpus": corpus,
-        "comparable_to_paper": not reasons,
-        "not_comparable_because": reasons,
-        "fold_plan": plan,
-        "plan_hash": plan_hash(plan_df),
-        "label_map": run_map,
-        "protocol": info.paper.get("protocol"),
-        "select_on": train_cfg["select_on"],
-        "features": feats,
-        "random_weights_features": random_feats,
-        "paper": {k: info.paper.get(k) for k in ("wa", "ua", "row", "title", "protocol")},
-        **metrics,
-        "runtime_s": (t1 - t0).total_seconds(),
-        "train": {k: v for k, v in train_cfg.items()},
-        "model_params": resolved_params,
-        "code_version": code,
-    }
-    from prefect.runtime import flow_run
-
-    run_id = str(flow_run.id) if flow_run.id else None
-    out["run"] = {
-        "flow_run_id": run_id,
-        "flow_run_name": flow_run.name,
-        "started": t0.isoformat(),
-        "finished": t1.isoformat(),
-        "git": git_revision(),
-        "prefect_api_url": os.environ.get("PREFECT_API_URL") or None,
-        "parameters": _jsonable(dict(flow_run.parameters or {})),
-        "cached_folds": cached,
-        "checkpoints": checkpoint_dirs,
-    }
-    if results_dir:
-        paths = write_results(Path(results_dir) / model, out, preds)
-        logger.info(f"{model}: results → {paths['metrics.json'].parent}")
-    if runs_dir:
-        stamp = t0.strftime("%Y%m%dT%H%M%SZ")
-        rdir = Path(runs_dir) / model / f"{stamp}-{(run_id or 'local')[:8]}"
-        write_results(rdir, out, preds)
+    out = run_record(spec, metrics, corpus=corpus or "unknown", t0=t0, t1=t1, run=flow_run_record(t0, t1, runs))
+    write_outputs(out, preds, results_dir=results_dir, runs_dir=runs_dir, started=t0, logger=logger)
+    fold_results, reasons = runs.results, out["not_comparable_because"]
     publish_artifacts(model, out)
     scores = [f"WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "
               f"{out['ua']['std']:.2f}"] if "wa" in out else []
