@@ -1,0 +1,84 @@
+"""One fold of one model on an accuracy-benchmark workspace, with setting overrides: the quick experiment behind
+a small-corpus setting (train the fold directly, no Prefect; the same ``train_fold`` the flow runs).
+
+    python -m benchmarks.diagnose_fold ilt 0 --workdir .emoflow/bench-ravdess \
+        --set '{"train": {"epochs": 30, "patience": null}}' [--out diagnose.json]
+
+Prints every epoch (train loss, validation WA/UA) and the fold's test UA/WA/recall; with ``--out`` appends a
+row (model, fold, overrides, history, test metrics, timing, machine) to a JSON list. One fold of a
+speaker-independent plan is a diagnosis, not a result: quote benchmark rows (all folds) as results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parents[1]
+#: keys of the params' train section that say how to run, not what to compute (the flow reads them)
+FLOW_KEYS = ("models", "task_runner", "max_workers", "dask_address", "device")
+
+
+def fold_settings(params: dict, model: str, overrides: dict) -> tuple[dict, dict]:
+    """(model params, train params) as the flow would resolve them, with ``overrides`` on top."""
+    mp = dict(params["models"].get(model) or {})
+    for k in ("fold_plan", "label_map", "inputs"):
+        mp.pop(k, None)
+    tp = {k: v for k, v in (params.get("train") or {}).items() if k not in FLOW_KEYS}
+    tp.update(mp.pop("train", None) or {})
+    tp.update(overrides.get("train") or {})
+    mp.update(overrides.get("model") or {})
+    return mp, tp
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("fold", type=int)
+    ap.add_argument("--workdir", default=".emoflow/bench-ravdess", help="a workspace benchmarks.accuracy built")
+    ap.add_argument("--plan", default=None, help="fold plan (default: the model's fold_plan in the params)")
+    ap.add_argument("--set", default="{}", help='JSON overrides: {"train": {...}, "model": {...}}')
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="append the row to this JSON list")
+    args = ap.parse_args(argv)
+
+    import pandas as pd
+    import torch
+    import yaml
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.accuracy import machine_info
+    from pipeline.train import train_fold
+
+    work = Path(args.workdir)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    overrides = json.loads(args.set)
+    mp, tp = fold_settings(params, args.model, overrides)
+    plan = args.plan or (params["models"].get(args.model) or {}).get("fold_plan") or params["folds"]["plans"][0]
+    manifest = pd.read_parquet(work / "data" / "manifest.parquet")
+    folds = pd.read_parquet(work / "data" / "folds" / f"{plan}.parquet")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    r = train_fold(args.model, args.fold, manifest=manifest, folds=folds, features_dir=work / "data" / "features",
+                   model_params=mp, train_params=tp, log=lambda s: print(s, flush=True))
+    row = {"model": args.model, "fold": args.fold, "plan": plan, "overrides": overrides,
+           "test": {k: r.test[k] for k in ("ua", "wa", "macro_f1", "per_class_recall") if k in r.test},
+           "val": {k: r.val[k] for k in ("ua", "wa") if k in r.val}, "best_epoch": r.best_epoch,
+           "epochs_run": r.epochs_run, "history": r.history, "wall_s": time.perf_counter() - t0,
+           "machine": machine_info()}
+    print(json.dumps({k: row[k] for k in ("test", "val", "best_epoch", "epochs_run", "wall_s")}))
+    if args.out:
+        out = Path(args.out)
+        rows = json.loads(out.read_text()) if out.exists() else []
+        out.write_text(json.dumps(rows + [row], indent=2, default=str) + "\n")
+    return row
+
+
+if __name__ == "__main__":
+    main()
