@@ -25,6 +25,11 @@ Task runners (``task_runner`` parameter, also settable from the UI)
 
 :func:`run_cross_validation` is what the DVC stage calls; :func:`serve` registers the flow as a deployment so
 runs can be started from the Prefect UI with parameters.
+
+The flow body only orchestrates plain functions: :func:`resolve_run` (plan, label map, inputs, configs →
+:class:`RunSpec`), :func:`fold_cache_keys`, :func:`run_folds` (the task runner → :class:`FoldRuns`),
+:func:`summarise`, :func:`run_record` (with :func:`comparability` and :func:`flow_run_record`),
+:func:`write_outputs` and :func:`publish_artifacts`.
 """
 
 from __future__ import annotations
