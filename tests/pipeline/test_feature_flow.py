@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 import soundfile as sf
 import yaml
 
@@ -46,3 +47,12 @@ def test_extract_flow_matches_the_stage(tmp_path, prefect_harness):
     assert summary["extractor"] == "logmel40" and summary["n_utts"] == 3, summary
     a, b = _arrays(tmp_path / "stage.h5"), _arrays(tmp_path / "flow.h5")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a if a[k].dtype.kind == "f")
+
+
+def test_extract_feature_device_only_for_model_features(tmp_path):
+    from pipeline.extract import extract_feature
+    from pipeline.params import ParamsError, load_params
+
+    params = load_params(_corpus(tmp_path))
+    with pytest.raises(ParamsError, match="logmel40.*no device setting"):
+        extract_feature(params, "logmel40", tmp_path / "m.parquet", tmp_path / "f.h5", device="cuda")
