@@ -1,4 +1,8 @@
-"""``emoflow`` command line: a thin layer that turns options into one library call each."""
+"""``emoflow`` command line: a thin layer that turns options into one library call each.
+
+The CLI layer is this module, :mod:`pipeline.cli_team` (remote/pull/push/server/serve) and
+:mod:`pipeline.predict_cli` (predict/export): the only modules that import typer (tests/pipeline/test_layering.py).
+"""
 
 from __future__ import annotations
 
