@@ -391,7 +391,8 @@ def _fold_scores(r: dict[str, Any]) -> dict[str, Any]:
         row.update(wa=t["wa"], ua=t["ua"], macro_f1=t["macro_f1"], per_class_recall=t["per_class_recall"],
                    val_wa=v["wa"], val_ua=v["ua"])
     if "dims" in t:
-        row.update(dims={d: {s: m[s] for s in DIM_SCORES} for d, m in t["dims"].items()}, val_ccc=v["ccc"])
+        row.update(dims={d: {s: m[s] for s in DIM_SCORES} for d, m in t["dims"].items()}, val_ccc=v["ccc"],
+                   unannotated=(r.get("extras") or {}).get("unannotated"))  # per split: masked utterances
     return row
 
 

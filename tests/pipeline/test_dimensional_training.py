@@ -145,6 +145,8 @@ def test_regression_multitask_and_classification_runs(synthetic_cv, tmp_path):
     assert np.allclose(preds["valence"], in_test["valence"], equal_nan=True)  # true values as in the manifest
     rec = load_result(reg_dir)
     assert "wa" not in rec and all("val_ccc" in f and "wa" not in f for f in rec["folds"].values())
+    masked = sum(f["unannotated"]["test"] for f in rec["folds"].values())  # the one blank valence, if tested
+    assert masked == int(preds["valence"].isna().sum()) and metrics["ccc"]["valence"]["pooled"] is not None
     assert rec["dimensional"]["valence"]["ccc"] == metrics["ccc"]["valence"]  # metrics.json ↔ flow keys
     assert (reg_dir / "confusion.png").stat().st_size > 0
     assert (reg_dir / "confusion.csv").read_text() == "actual,predicted\n"
