@@ -29,7 +29,7 @@ runs can be started from the Prefect UI with parameters.
 The flow body only orchestrates plain functions: :func:`resolve_run` (plan, label map, inputs, configs →
 :class:`RunSpec`), :func:`fold_cache_keys`, :func:`run_folds` (the task runner → :class:`FoldRuns`),
 :func:`summarise`, :func:`run_record` (with :func:`comparability` and :func:`flow_run_record`),
-:func:`write_outputs` and :func:`publish_artifacts`.
+:func:`write_outputs`, :func:`publish_artifacts` and :func:`summary_line`.
 """
 
 from __future__ import annotations
@@ -760,6 +760,16 @@ def write_outputs(out: dict[str, Any], preds: pd.DataFrame, *, results_dir: str 
         write_results(rdir, out, preds)
 
 
+def summary_line(out: dict[str, Any], n_folds: int) -> str:
+    """The run's one log line: WA/UA and CCC per dimension (mean ± std), and why it is not comparable."""
+    model, reasons = out["model"], out["not_comparable_because"]
+    scores = [f"WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "
+              f"{out['ua']['std']:.2f}"] if "wa" in out else []
+    scores += [f"CCC {d} {v['ccc']['mean']:.3f} ± {v['ccc']['std']:.3f}" for d, v in out.get("dimensional", {}).items()]
+    return (f"{model}: {', '.join(scores)} over {n_folds} folds"
+            + ("" if out["comparable_to_paper"] else f" (NOT comparable to the paper: {'; '.join(reasons)})"))
+
+
 @flow(name="cross_validate", log_prints=True)
 def cross_validate(
     model: str,
@@ -798,15 +808,8 @@ def cross_validate(
     t1 = _dt.datetime.now(_dt.timezone.utc)
     out = run_record(spec, metrics, corpus=corpus or "unknown", t0=t0, t1=t1, run=flow_run_record(t0, t1, runs))
     write_outputs(out, preds, results_dir=results_dir, runs_dir=runs_dir, started=t0, logger=logger)
-    fold_results, reasons = runs.results, out["not_comparable_because"]
     publish_artifacts(model, out)
-    scores = [f"WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "
-              f"{out['ua']['std']:.2f}"] if "wa" in out else []
-    scores += [f"CCC {d} {v['ccc']['mean']:.3f} ± {v['ccc']['std']:.3f}" for d, v in out.get("dimensional", {}).items()]
-    logger.info(
-        f"{model}: {', '.join(scores)} over {len(fold_results)} folds"
-        + ("" if out["comparable_to_paper"] else f" (NOT comparable to the paper: {'; '.join(reasons)})")
-    )
+    logger.info(summary_line(out, len(runs.results)))
     return _jsonable({k: v for k, v in out.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")})
 
 

@@ -55,3 +55,13 @@ def test_comparability_and_run_record(synthetic_cv):
     assert rec["comparable_to_paper"] is False and rec["not_comparable_because"] == reasons
     assert rec["runtime_s"] == 3.0 and rec["wa"] == {"mean": 50.0} and rec["fold_plan"] == cv["plan"]
     assert list(rec)[-1] == "run" and rec["model_params"] == spec.resolved_params
+
+
+def test_summary_line():
+    out = {"model": "m", "wa": {"mean": 60.0, "std": 1.0}, "ua": {"mean": 55.5, "std": 2.25},
+           "comparable_to_paper": False, "not_comparable_because": ["a", "b"]}
+    assert flows.summary_line(out, 5) == ("m: WA 60.00 ± 1.00, UA 55.50 ± 2.25 over 5 folds "
+                                          "(NOT comparable to the paper: a; b)")
+    dims = {"model": "m", "dimensional": {"valence": {"ccc": {"mean": 0.5, "std": 0.1}}},
+            "comparable_to_paper": True, "not_comparable_because": []}
+    assert flows.summary_line(dims, 2) == "m: CCC valence 0.500 ± 0.100 over 2 folds"
