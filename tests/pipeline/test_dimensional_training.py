@@ -216,3 +216,18 @@ def test_flow_records_a_regression_run(prefect_harness, synthetic_cv, tmp_path):
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ilt-dimensional"])))
     assert arts and "| arousal |" in arts[0].data
+
+
+def test_ccc_loss_learns_the_ratings(synthetic_cv):
+    """The targets reach the loss aligned with their utterances: the probe learns class-related ratings (test
+    CCC 0.43 / 0.57 after 20 epochs, seeded; a misaligned target would stay near 0)."""
+    from pipeline.train import train_fold
+
+    cv = synthetic_cv(n_utts=64)
+    m = cv["manifest"].copy()
+    k = m["label"].map({"ang": 0, "hap": 1, "neu": 2, "sad": 3}).astype(float)
+    m["valence"], m["arousal"] = 1 + k, 5 - k
+    r = train_fold("probe", 0, manifest=m, folds=cv["folds"], features_dir=cv["features_dir"],
+                   model_params={"feature": "logmel40"}, log=lambda _: None,
+                   train_params={"epochs": 20, "batch_size": 16, "task": "regression", "lr": 1e-2, "num_threads": 1})
+    assert min(d["ccc"] for d in r.test["dims"].values()) > 0.3
