@@ -313,7 +313,6 @@ def prepare_fold(
     splits = split_of_fold(folds, fold)
     if labels is None:
         labels = class_labels(manifest, folds["utt_id"].astype(str))
-    label_of = {s: label_ids(manifest, ids, labels) for s, ids in splits.items()}
     subset = train_cfg.get("subset")
     known_subsets = set(manifest["subset"].astype(str)) - {""}
     if subset and subset != "all" and not known_subsets:
@@ -328,6 +327,8 @@ def prepare_fold(
                 f"{model_name} fold {fold}: no `{subset}` utterances in the {'/'.join(empty)} split(s) "
                 f"(train setting subset: {subset}); use a corpus with a `subset` column or set subset: all"
             )
+    # after the subset filter: labels (and targets) must stay aligned with the utterances kept
+    label_of = {s: label_ids(manifest, ids, labels) for s, ids in splits.items()}
     segmenting = None
     if train_cfg.get("segment_s"):
         seq = [v for v in specs.values() if v.kind == "sequence"]

@@ -231,3 +231,20 @@ def test_ccc_loss_learns_the_ratings(synthetic_cv):
                    model_params={"feature": "logmel40"}, log=lambda _: None,
                    train_params={"epochs": 20, "batch_size": 16, "task": "regression", "lr": 1e-2, "num_threads": 1})
     assert min(d["ccc"] for d in r.test["dims"].values()) > 0.3
+
+
+def test_subset_keeps_labels_and_targets_aligned(synthetic_cv):
+    """``subset`` drops utterances after the split: labels and targets follow (they were built before the filter,
+    and every subset run stopped with "utt_ids and labels differ in length")."""
+    from pipeline.train import train_fold
+
+    cv = synthetic_cv()
+    m = _with_vad(cv)
+    m.loc[m.index % 2 == 1, "subset"] = "scripted"
+    r = train_fold("ilt", 0, manifest=m, folds=cv["folds"], features_dir=cv["features_dir"],
+                   model_params=tiny_config("ilt"), log=lambda _: None,
+                   train_params={**TRAIN, "epochs": 1, "subset": "improvised", "task": "multitask"})
+    kept = m.set_index("utt_id").loc[r.predictions["utt_id"]]
+    assert len(kept) and (kept["subset"] == "improvised").all()
+    assert r.predictions["label"] == kept["label"].tolist()
+    assert np.allclose(np.array(r.predictions["valence"], dtype=float), kept["valence"], equal_nan=True)
