@@ -182,8 +182,9 @@ def _check_task(cfg: dict[str, Any]) -> None:
         return
     if cfg.get("dim_loss", "ccc") not in ("ccc", "mse"):
         raise TrainError(f"dim_loss must be 'ccc' or 'mse', got {cfg['dim_loss']!r}")
-    if not float(cfg.get("dim_weight", 1.0)) >= 0:
-        raise TrainError(f"dim_weight must be a number ≥ 0, got {cfg['dim_weight']!r}")
+    weight = cfg.get("dim_weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise TrainError(f"dim_weight must be a number ≥ 0, got {weight!r}")
     if cfg["fit"] != "gradient":
         raise TrainError(f"task {task!r} needs fit: gradient (the closed-form fits are classifiers)")
     if task == "regression":

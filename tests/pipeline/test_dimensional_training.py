@@ -59,6 +59,7 @@ def test_train_settings_for_dimensional_tasks():
     assert resolve_train_config({}, {"task": "multitask", "select_on": "val_ccc"})["select_on"] == "val_ccc"
     for bad, msg in (({"select_on": "val_ccc"}, "needs dimensional targets"), ({"task": "ordinal"}, "task must be"),
                      ({"task": "regression", "dim_loss": "l1"}, "dim_loss must be"),
+                     ({"task": "multitask", "dim_weight": "high"}, "dim_weight must be a number"),
                      ({"task": "regression", "fit": "sklearn"}, "needs fit: gradient")):
         with pytest.raises(TrainError, match=msg):
             resolve_train_config({}, bad)
