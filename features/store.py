@@ -282,6 +282,28 @@ class FeatureReader:
     def checksums(self) -> dict[str, str]:
         return {k: str(self._dataset(k).attrs["source_sha256"]) for k in self._utts()}
 
+    def check_crc32(self, utt_ids: list[str] | None = None) -> int:
+        """Read every utterance (or those of ``utt_ids`` the file holds) and compare its bytes with the CRC-32 the
+        writer stored; raise a one-line :class:`StoreError` naming the file and the first mismatching (or
+        unreadable) utterance, with the rerun hint. Utterances written before CRCs were recorded are skipped.
+        Returns how many utterances were checked. Training calls it once per run, before any fold starts."""
+        group = self._utts()
+        names = list(group) if utt_ids is None else [u for u in dict.fromkeys(utt_ids) if u in group]
+        bad: list[str] = []
+        checked = 0
+        for utt_id in names:
+            stored = self._dataset(utt_id).attrs.get("crc32")
+            if stored is None:
+                continue
+            checked += 1
+            if data_crc32(self[utt_id]) != int(stored):
+                bad.append(utt_id)
+        if bad:
+            more = f" (and {len(bad) - 1} more utterance(s))" if len(bad) > 1 else ""
+            raise StoreError(f"{self.path}: utterance {bad[0]!r}{more}: data checksum mismatch — the stored bytes "
+                             f"changed after they were written (disk or copy corruption); {rerun_hint(self.path)}")
+        return checked
+
     def _dataset(self, utt_id: str) -> h5py.Dataset:
         """One utterance's dataset; a damaged one (h5py gives None, or raises) is a one-line StoreError."""
         try:

@@ -598,6 +598,11 @@ def resolve_run(model: str, plan: str | None, *, manifest_path: str | Path, fold
     readers = open_readers(features_dir, [s.feature for s in specs.values()])
     try:
         dims = resolve_dims(specs, readers, str(train_cfg.get("layer_reduce", "mean")))
+        # bytes flipped on disk read back as other numbers (HDF5 keeps no checksum): compare every utterance this
+        # run trains on with its stored CRC-32 once, here, so a damaged file stops the run before fold 1 starts
+        used = plan_df.loc[plan_df["fold"].isin(chosen), "utt_id"].astype(str).tolist()
+        for r in readers.values():
+            r.check_crc32(used)
     finally:
         for r in readers.values():
             r.close()

@@ -105,6 +105,39 @@ def test_training_on_a_damaged_feature_file_stops_with_one_line_naming_it(prefec
     shutil.rmtree(tmp_path / "storage", ignore_errors=True)
 
 
+def test_training_on_flipped_bytes_stops_before_fold_1_with_one_line(prefect_harness, synthetic_cv, tmp_path,
+                                                                     capsys):
+    """Bytes flipped inside one utterance's data (the file still opens and reads: only its numbers changed). The
+    train stage compares every utterance it will train on with its stored CRC-32 once, before any fold runs: one
+    StoreError line naming the file, the utterance and `dvc repro extract@<name>`; through the CLI's ``_run``
+    exit 2; no fold result, checkpoint or metrics file is written."""
+    import typer
+
+    from pipeline.cli import _run
+
+    cv = synthetic_cv()
+    h5 = cv["features_dir"] / "logmel40.h5"
+    _, data = _addresses(h5, "syn007")
+    _flip(h5, data + 40)
+    with FeatureReader(h5) as r:  # still readable: only the checksum can tell
+        assert r["syn007"].shape[1] == 40
+    from test_training_faults import train_stage
+
+    with pytest.raises(typer.Exit) as e:
+        _run(train_stage, cv, tmp_path, epochs=1)
+    assert e.value.exit_code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {h5}: utterance 'syn007': data checksum mismatch"), lines
+    assert "dvc repro extract@logmel40" in lines[0]
+    with pytest.raises(StoreError, match="'syn007': data checksum mismatch"):  # the project error itself
+        train_stage(cv, tmp_path, epochs=1)
+    storage = tmp_path / "storage"
+    assert not [p for p in storage.rglob("*") if p.is_file()], list(storage.rglob("*"))  # no fold result/ckpt
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.json"))
+    shutil.rmtree(storage, ignore_errors=True)
+
+
 def test_new_files_record_a_crc_per_utterance_and_it_matches(good_store):
     from features.store import data_crc32
 
