@@ -294,8 +294,11 @@ _mount_predict_commands()
 
 # --- statistical comparison (pipeline/compare.py) ----------------------------------------------------------
 @app.command("compare")
-def compare(a: str = typer.Argument(..., help="a model under --results, or a directory with predictions.parquet"),
-            b: str = typer.Argument(..., help="the same for the second run"),
+def compare(a: str = typer.Argument(..., help="a model under --results, or a directory with predictions.parquet; "
+                                              "MODEL@REV: at a git revision or DVC experiment (`dvc exp show`)"),
+            b: str = typer.Argument(None, help="the same for the second run (default: A, with --rev-a/--rev-b)"),
+            rev_a: str = typer.Option(None, "--rev-a", help="read A at this git revision or DVC experiment"),
+            rev_b: str = typer.Option(None, "--rev-b", help="read B at this git revision or DVC experiment"),
             results: Path = typer.Option(Path("results"), "--results", help="where model names are looked up"),
             n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples"),
             seed: int = typer.Option(0, "--seed"), as_json: bool = typer.Option(False, "--json")):
@@ -303,7 +306,7 @@ def compare(a: str = typer.Argument(..., help="a model under --results, or a dir
     from pipeline.compare import CompareError, compare_runs
 
     try:
-        c, text = compare_runs(a, b, results, n_boot, seed)
+        c, text = compare_runs(a, b, results, n_boot, seed, rev_a=rev_a, rev_b=rev_b)
     except (CompareError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(json.dumps(c.to_dict(), indent=2) if as_json else text)

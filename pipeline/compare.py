@@ -299,12 +299,72 @@ def resolve_run(spec: str, results_dir: str | Path = "results") -> Path:
                             f"{results_dir}/ (run `dvc repro train@{spec}` or give a runs/<model>/<run>/ path)")
 
 
-def compare_runs(spec_a: str, spec_b: str, results_dir: str | Path = "results", n_boot: int = N_BOOT,
-                 seed: int = SEED) -> tuple[Comparison, str]:
-    """``emoflow compare A B``: the comparison of two runs and its text (intervals + verdict)."""
-    (na, ka, da), (nb, kb, db) = (load_run(resolve_run(s, results_dir)) for s in (spec_a, spec_b))
-    if na == nb:  # two runs of one model: name them by what the user typed
-        na, nb = spec_a, spec_b
+def split_rev(spec: str, rev: str | None = None) -> tuple[str, str | None]:
+    """``(run, rev)`` of ``MODEL@REV`` (a model name or directory at a git revision or DVC experiment); a spec
+    that exists as a local path keeps its ``@``. An explicit ``rev`` (``--rev-a``) wins over the suffix."""
+    if rev is None and "@" in spec and not Path(spec).exists():
+        spec, _, rev = spec.rpartition("@")
+    return spec, rev or None
+
+
+def _rev_dir(spec: str, results_dir: str | Path) -> str:
+    """The repository-relative directory of ``spec`` at a revision: ``spec`` if it names a directory
+    (contains ``/``), else ``<results_dir>/<spec>``."""
+    return Path(spec).as_posix() if "/" in spec else (Path(results_dir) / spec).as_posix()
+
+
+def _open_at_rev(path: str, rev: str, repo: str | None) -> bytes:
+    import dvc.api
+
+    with dvc.api.open(path, repo=repo, rev=rev, mode="rb") as f:
+        return f.read()
+
+
+def load_run_at_rev(spec: str, rev: str, results_dir: str | Path = "results",
+                    repo: str | None = None) -> tuple[str, str, pd.DataFrame]:
+    """:func:`load_run` of ``spec`` as committed at git revision or DVC experiment ``rev`` (read through
+    ``dvc.api.open``: git-tracked files from git, DVC outputs from the local DVC cache or the remote)."""
+    import io
+
+    d = _rev_dir(spec, results_dir)
+    preds = f"{d}/predictions.parquet"
+    try:
+        df = pd.read_parquet(io.BytesIO(_open_at_rev(preds, rev, repo)))
+    except Exception as e:  # dvc raises many kinds (RevError, PathMissingError, FileNotFoundError, …)
+        why = " ".join(f"{type(e).__name__}: {e}".split())
+        raise CompareError(f"{preds} at revision {rev!r} could not be read ({why}); check the revision or "
+                           "experiment name (`git log`, `dvc exp show`) and that its outputs are in the local DVC "
+                           "cache (`dvc pull -r <remote>` or `dvc exp pull <remote> <exp>`)") from None
+    metrics: dict[str, Any] = {}
+    for name in ("run.json", "metrics.json"):
+        try:
+            metrics = {**metrics, **json.loads(_open_at_rev(f"{d}/{name}", rev, repo))}
+        except Exception:  # provenance is optional, as in load_run
+            continue
+    key = str(metrics.get("plan_hash") or metrics.get("fold_plan") or "unknown plan")
+    return str(metrics.get("model") or Path(d).name), key, df
+
+
+def _load_spec(spec: str, rev: str | None, results_dir: str | Path, repo: str | None) -> tuple[str, str, pd.DataFrame]:
+    if rev is None:
+        return load_run(resolve_run(spec, results_dir))
+    return load_run_at_rev(spec, rev, results_dir, repo)
+
+
+def compare_runs(spec_a: str, spec_b: str | None = None, results_dir: str | Path = "results", n_boot: int = N_BOOT,
+                 seed: int = SEED, *, rev_a: str | None = None, rev_b: str | None = None,
+                 repo: str | None = None) -> tuple[Comparison, str]:
+    """``emoflow compare A B``: the comparison of two runs and its text (intervals + verdict). ``A``/``B`` are
+    run directories or model names, each optionally at a git revision or DVC experiment (``ilt@exp-abc12``, or
+    ``rev_a``/``rev_b``); ``B`` defaults to ``A`` (two revisions of one model)."""
+    if spec_b is None:
+        if rev_a is None and rev_b is None:
+            raise CompareError("give two runs A B, or one run with --rev-a/--rev-b (two revisions of it)")
+        spec_b = spec_a
+    (sa, ra), (sb, rb) = split_rev(spec_a, rev_a), split_rev(spec_b, rev_b)
+    (na, ka, da), (nb, kb, db) = (_load_spec(s, r, results_dir, repo) for s, r in ((sa, ra), (sb, rb)))
+    if na == nb:  # two runs of one model: name them by what the user typed (and the revision)
+        na, nb = (s if r is None or s.endswith(f"@{r}") else f"{s}@{r}" for s, r in ((spec_a, ra), (spec_b, rb)))
     c = compare_frames(da, db, (na, nb), n_boot, seed)
     lines = [f"{na}: UA {_ci(c.ua_a)} %", f"{nb}: UA {_ci(c.ua_b)} %", verdict(c).replace("**", "")]
     if ka != kb:

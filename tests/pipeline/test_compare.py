@@ -186,3 +186,68 @@ def test_repeated_splits_pair_each_test_with_its_fold():
         C.compare_frames(a.drop(columns="fold"), b.drop(columns="fold"))
     with pytest.raises(C.CompareError, match="1 only in a, 0 only in b"):
         C.compare_frames(a, b.iloc[:2])
+
+
+GEN = '''import sys, pandas as pd, yaml
+flip = int(yaml.safe_load(open("params.yaml"))["flip"])
+labels = list("abc") * 20
+preds = [{"a": "b", "b": "c", "c": "a"}[x] if i < flip else x for i, x in enumerate(labels)]
+pd.DataFrame({"utt_id": [f"u{i:03d}" for i in range(60)], "fold": 0, "label": labels, "pred": preds}).to_parquet(
+    "results/ilt/predictions.parquet", index=False)
+'''
+
+
+def test_cli_compare_git_revisions_and_a_dvc_experiment(tmp_path, monkeypatch):
+    """A real git + DVC project: predictions.parquet is the DVC output of a stage; two commits and one
+    experiment of it compare exactly as the files themselves do."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.cli import app
+
+    repo = tmp_path / "proj"
+    (repo / "results" / "ilt").mkdir(parents=True)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    def sh(*cmd):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+
+    (repo / "gen.py").write_text(GEN)
+    (repo / "results" / "ilt" / "run.json").write_text(json.dumps({"model": "ilt", "plan_hash": "p1"}))
+    (repo / "dvc.yaml").write_text(f"stages:\n  train:\n    cmd: {sys.executable} gen.py\n    deps: [gen.py]\n"
+                                   "    params: [flip]\n    outs: [results/ilt/predictions.parquet]\n")
+    sh("git", "init", "-q", "-b", "main")
+    sh(dvc, "init", "-q")
+    files = {}
+    for flip in (30, 10):
+        (repo / "params.yaml").write_text(f"flip: {flip}\n")
+        sh(dvc, "repro", "-q")
+        files[flip] = shutil.copy(repo / "results/ilt/predictions.parquet", tmp_path / f"flip{flip}.parquet")
+        sh("git", "add", "-A")
+        sh("git", "commit", "-q", "-m", f"flip {flip}")
+    sh(dvc, "exp", "run", "-q", "-S", "flip=50", "-n", "exp-worse")
+    files[50] = shutil.copy(repo / "results/ilt/predictions.parquet", tmp_path / "flip50.parquet")
+    monkeypatch.chdir(repo)  # the workspace holds the experiment's file (flip 50): the others are read at revisions
+
+    def direct(fa, fb, na, nb):
+        c = C.compare_frames(pd.read_parquet(files[fa]), pd.read_parquet(files[fb]), (na, nb), 200)
+        return "\n".join([f"{na}: UA {C._ci(c.ua_a)} %", f"{nb}: UA {C._ci(c.ua_b)} %",
+                          C.verdict(c).replace("**", "")])
+
+    r = CliRunner().invoke(app, ["compare", "ilt@HEAD~1", "ilt@HEAD", "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    want = direct(30, 10, "ilt@HEAD~1", "ilt@HEAD")
+    assert r.output.strip() == want and "ilt@HEAD is better than ilt@HEAD~1: +33.3" in want
+    r = CliRunner().invoke(app, ["compare", "ilt", "--rev-a", "exp-worse", "--rev-b", "main", "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == direct(50, 10, "ilt@exp-worse", "ilt@main")
+    r = CliRunner().invoke(app, ["compare", "ilt@nosuchrev", "ilt@HEAD"])
+    assert r.exit_code == 2 and "results/ilt/predictions.parquet at revision 'nosuchrev'" in r.output
+    assert "dvc exp show" in r.output and "dvc pull" in r.output
+    r = CliRunner().invoke(app, ["compare", "other@HEAD", "ilt"])
+    assert r.exit_code == 2 and "results/other/predictions.parquet at revision 'HEAD'" in r.output
