@@ -109,11 +109,35 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+def _dump_json(path: Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _write_all(writers: Mapping[Path, Any], *, kept: str) -> None:
+    """Write each ``path`` by calling ``writers[path](temp)`` on a temp file beside it (same suffix, so
+    matplotlib and pandas pick the format), then rename all of them over their paths; nothing is renamed
+    unless every write succeeded. On any failure every temp file is removed, and a full disk (or file-size
+    limit) is a one-line :class:`~features.errors.DiskFullError` naming the file, the space needed and free."""
+    from features.errors import disk_full_error, is_disk_full
+
+    temps: dict[Path, Path] = {}
+    try:
+        for path, write in writers.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temps[path] = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+            try:
+                write(tmp)
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                old = sum(p.stat().st_size for p in writers if Path(p).is_file())  # same outputs, similar size
+                raise disk_full_error(path, e, old or None, kept) from None
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
 
 
 def corpus_name(params: Mapping[str, Any]) -> str | None:
@@ -408,19 +432,26 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFr
     paths = {name: out / name for name in names}
     # numbers only in the DVC metrics file, provenance beside it: see pipeline/results.py
     scores, record = split_result(metrics)
-    _write_json(paths["metrics.json"], scores)
-    _write_json(paths["run.json"], record)
     title = f"{metrics.get('model', '')} — pooled test predictions ({metrics.get('corpus', '')})"
     if "pooled_confusion" not in metrics:
-        pd.DataFrame(columns=["actual", "predicted"]).to_csv(paths["confusion.csv"], index=False)
-        preds.to_parquet(paths["predictions.parquet"], index=False)
-        plot_dimensional(preds, list(metrics.get("dimensional") or {}), paths["confusion.png"], title=title)
-        return paths
-    preds[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"}).to_csv(
-        paths["confusion.csv"], index=False
-    )
-    preds.to_parquet(paths["predictions.parquet"], index=False)
-    plot_confusion(metrics["pooled_confusion"], metrics["labels"], paths["confusion.png"], title=title)
+        confusion = pd.DataFrame(columns=["actual", "predicted"])
+        dims = list(metrics.get("dimensional") or {})
+
+        def plot(p):
+            plot_dimensional(preds, dims, p, title=title)
+    else:
+        confusion = preds[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"})
+
+        def plot(p):
+            plot_confusion(metrics["pooled_confusion"], metrics["labels"], p, title=title)
+    # all five or none: a full disk midway leaves the previous results whole (and no temp file)
+    _write_all({
+        paths["metrics.json"]: lambda p: _dump_json(p, scores),
+        paths["run.json"]: lambda p: _dump_json(p, record),
+        paths["confusion.csv"]: lambda p: confusion.to_csv(p, index=False),
+        paths["confusion.png"]: plot,
+        paths["predictions.parquet"]: lambda p: preds.to_parquet(p, index=False),
+    }, kept=f"the previous results in {out} are kept and the finished folds are cached (the rerun reuses them)")
     return paths
 
 

@@ -177,3 +177,48 @@ def test_preflight_warns_before_a_long_extraction_when_free_space_is_clearly_too
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
     with FeatureReader(out) as r:
         assert len(r) == N_UTTS
+
+
+_RESULTS_CHILD = """
+import signal, resource, sys
+sys.path[:0] = [{root!r}]
+import numpy as np, pandas as pd, typer
+from pipeline.cli import _run
+from pipeline.flows import write_results
+
+def result(wa):
+    s = {{"mean": wa, "std": 1.0, "pooled": wa}}
+    return {{"model": "ilt", "corpus": "demo", "labels": ["ang", "neu"], "wa": s, "ua": s, "macro_f1": s,
+            "per_class_recall": {{"ang": {{"pooled": wa}}, "neu": {{"pooled": wa}}}},
+            "pooled_confusion": [[3, 1], [1, 3]], "folds": [{{"fold": 1, "wa": wa}}]}}
+
+preds = pd.DataFrame({{"utt_id": [f"u{{i}}" for i in range(8)], "label": ["ang", "neu"] * 4,
+                      "pred": ["ang", "ang", "neu", "neu"] * 2, "fold": 1}})
+write_results({out!r}, result(50.0), preds)  # the previous run's results
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+try:
+    _run(write_results, {out!r}, result(75.0), preds)
+except typer.Exit as e:
+    sys.exit(e.exit_code)
+"""
+
+
+@pytest.mark.parametrize("limit", [100, 4000], ids=["at-metrics.json", "at-confusion.png"])
+def test_disk_full_while_writing_results_is_one_line_no_temp_file_previous_results_whole(limit, tmp_path):
+    """``write_results`` (what the train stage's ``write_outputs`` calls) in a child under RLIMIT_FSIZE: the
+    limit is hit by the first file (metrics.json) or after the small ones were written (the plot). One line
+    naming the file, exit 2; no temp file; the previous run's five files are unchanged (all or none renamed)."""
+    out = tmp_path / "results" / "ilt"
+    p = subprocess.run([sys.executable, "-c", _RESULTS_CHILD.format(root=str(ROOT), out=str(out), limit=limit)],
+                       env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode != 139, p.stderr[-2000:]
+    line = assert_one_line_error(p.returncode, p.stderr, None, str(out), "file size limit reached", "free",
+                                 "previous results", "are kept")
+    target = "metrics.json" if limit == 100 else "confusion.png"
+    assert line.startswith(f"error: {out / target}: "), line
+    assert sorted(q.name for q in out.iterdir()) == ["confusion.csv", "confusion.png", "metrics.json",
+                                                     "predictions.parquet", "run.json"]  # no temp file
+    for name in ("metrics.json", "run.json"):  # the previous results, whole
+        text = (out / name).read_text()
+        assert "50.0" in text and "75.0" not in text, (name, text)
