@@ -29,12 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.errors import EmoflowError
+
 N_BOOT = 1000
 SEED = 0
 LEVEL = 0.95
 
 
-class CompareError(ValueError):
+class CompareError(EmoflowError, ValueError):
     """Two runs that cannot be compared (different utterances or labels, no predictions); says which and why."""
 
 

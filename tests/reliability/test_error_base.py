@@ -31,6 +31,7 @@ CLASSES = [
     ("pipeline.manifest", "ManifestError", ValueError),
     ("pipeline.manifest", "MissingAudioError", FileNotFoundError),
     ("pipeline.train", "TrainError", RuntimeError),
+    ("pipeline.compare", "CompareError", ValueError),
 ]
 
 
