@@ -92,10 +92,35 @@ class Predictor:
     label_map: dict[str, str] | None = None
     #: what the run was (corpus, fold plan, per-fold scores, comparability with the paper): exported beside the model
     run: dict[str, Any] = field(default_factory=dict)
+    #: dimensional targets (``task: regression | multitask``), in the order of the head's outputs after the logits
+    targets: list[str] = field(default_factory=list)
 
     @property
     def needs_text(self) -> bool:
         return any(f.input == "text" for f in self.features.values())
+
+    @property
+    def task(self) -> str:
+        return str(self.train.get("task", "classification"))
+
+    @property
+    def n_logits(self) -> int:
+        """Leading output columns that are class logits (0 for regression; see ``pipeline.train.n_logits``)."""
+        return 0 if self.task == "regression" else len(self.labels)
+
+
+def target_names(rec: dict[str, Any], where: str) -> list[str]:
+    """The V/A/D targets a run's head predicts, in training's order (``pipeline.dimensional.target_columns``), from
+    its dimensional scores (``dimensional`` in run records, ``ccc`` in metrics.json); ``[]`` for classification."""
+    from pipeline.dimensional import target_columns
+
+    if str((rec.get("train") or {}).get("task", "classification")) == "classification":
+        return []
+    names = list(rec.get("targets") or target_columns([*(rec.get("dimensional") or {}), *(rec.get("ccc") or {})]))
+    if not names:
+        raise PredictError(f"{where}: a task {rec['train']['task']!r} run that records no dimensional targets "
+                           "(no `ccc` scores in metrics.json); rerun its training")
+    return names
 
 
 # ----------------------------------------------------------------------------------------------- compatibility
@@ -220,7 +245,8 @@ def load_run(model: str, results_dir: str | Path = "results", *, force: bool = F
     if not folds:
         raise PredictError(f"{rdir}: the run has no folds; rerun `dvc repro train@{model}`")
     p = Predictor(model, list(rec["labels"]), params, dict(rec["train"]), features, folds, str(rec["code_version"]),
-                  metrics, str(rdir), rec.get("label_map"), {k: rec[k] for k in RUN_SUMMARY if k in rec})
+                  metrics, str(rdir), rec.get("label_map"), {k: rec[k] for k in RUN_SUMMARY if k in rec},
+                  target_names(rec, str(rdir)))
     return check_compatible(p, force)
 
 
@@ -257,6 +283,7 @@ def export_predictor(p: Predictor, out_dir: str | Path) -> Path:
         "model_params": p.model_params, "train": p.train,
         "features": {n: dataclasses.asdict(s) for n, s in p.features.items()},
         "code_version": p.code_version, "folds": folds, "run": p.run, "exported_from": p.source,
+        **({"targets": p.targets} if p.targets else {}),
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(), "emoflow_version": _package_version(),
     }
     (tmp / BUNDLE_FILE).write_text(json.dumps(doc, indent=2, default=str) + "\n")
@@ -298,7 +325,8 @@ def load_bundle(path: str | Path, *, force: bool = False) -> Predictor:
     metrics = _read_json(root / "metrics.json") if (root / "metrics.json").is_file() else {}
     p = Predictor(doc["model"], list(doc["labels"]), dict(doc["model_params"]), dict(doc["train"]),
                   {n: FeatureSpec(**s) for n, s in doc["features"].items()}, folds, str(doc["code_version"]),
-                  metrics, str(root), doc.get("label_map"), dict(doc.get("run") or {}))
+                  metrics, str(root), doc.get("label_map"), dict(doc.get("run") or {}),
+                  target_names({**metrics, "train": doc["train"], "targets": doc.get("targets")}, str(root)))
     return check_compatible(p, force)
 
 

@@ -163,11 +163,14 @@ def extract_inputs(p: Predictor, inputs: pd.DataFrame, store_dir: str | Path, *,
 # ----------------------------------------------------------------------------------------------- the model
 
 
-def fold_probabilities(p: Predictor, fold: int, readers: dict, utt_ids: list[str], *, batch_size: int = 32,
-                       device: str = "cpu") -> np.ndarray:
-    """Class probabilities ``(len(utt_ids), C)`` of one fold, through the training data path and
-    :func:`pipeline.train.evaluate`; an utterance too short to give a segment is a NaN row."""
+def fold_outputs(p: Predictor, fold: int, readers: dict, utt_ids: list[str], *, batch_size: int = 32,
+                 device: str = "cpu") -> np.ndarray:
+    """One fold's outputs ``(len(utt_ids), C + K)``, through the training data path and
+    :func:`pipeline.train.evaluate`: class probabilities (none for ``task: regression``), then the predicted
+    dimensional targets ``p.targets`` (regression/multitask); an utterance too short to give a segment is a NaN
+    row. The model is rebuilt with the head training gave it (:func:`models.registry.set_task_head`)."""
     from models import create_model, get_model_info
+    from models.registry import set_task_head
     from pipeline.data import Collate, FeatureDataset, feature_frame_shift, make_segmenting, make_views
     from pipeline.train import _softmax, evaluate
 
@@ -182,32 +185,47 @@ def fold_probabilities(p: Predictor, fold: int, readers: dict, utt_ids: list[str
     fm = p.folds[fold]
     ds = FeatureDataset(readers=readers, views=views, utt_ids=list(utt_ids), labels=[0] * len(utt_ids),
                         segmenting=segmenting, split="test", normalizer=fm.normalizer(p.train.get("normalize")))
+    n_cls = p.n_logits
     if len(ds) == 0:
-        return np.full((len(utt_ids), len(p.labels)), np.nan)
+        return np.full((len(utt_ids), n_cls + len(p.targets)), np.nan)
     dev = torch.device(device)
     model = create_model(p.model, num_classes=len(p.labels), **dict(p.model_params))
+    model = set_task_head(model, p.model, p.task, len(p.targets))
     model.load_state_dict(fm.state)
     model.to(dev)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         collate_fn=Collate(views, segmenting.window if segmenting else None))
-    logits = evaluate(model, loader, len(utt_ids), ds.utt_index, dev, amp=False)
-    return _softmax(logits)
+    out = evaluate(model, loader, len(utt_ids), ds.utt_index, dev, amp=False)
+    return np.concatenate([_softmax(out[:, :n_cls]) if n_cls else out[:, :0], out[:, n_cls:]], axis=1)
+
+
+def fold_probabilities(p: Predictor, fold: int, readers: dict, utt_ids: list[str], **kw) -> np.ndarray:
+    """Class probabilities ``(len(utt_ids), C)`` of one fold (:func:`fold_outputs` without the targets)."""
+    return fold_outputs(p, fold, readers, utt_ids, **kw)[:, : p.n_logits]
+
+
+def ensemble_outputs(p: Predictor, readers: dict, utt_ids: list[str], fold: int | None = None, **kw) -> np.ndarray:
+    """One fold's :func:`fold_outputs`, or the mean over every fold's (the default: no fold saw all the data):
+    mean class probabilities and mean predicted targets."""
+    folds = [fold] if fold is not None else sorted(p.folds)
+    outs = np.stack([fold_outputs(p, f, readers, utt_ids, **kw) for f in folds])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (too short) stay NaN
+        return np.nanmean(outs, axis=0)
 
 
 def ensemble(p: Predictor, readers: dict, utt_ids: list[str], fold: int | None = None, **kw) -> np.ndarray:
     """One fold's probabilities, or the mean over every fold's (the default: no fold saw all the data)."""
-    folds = [fold] if fold is not None else sorted(p.folds)
-    probs = np.stack([fold_probabilities(p, f, readers, utt_ids, **kw) for f in folds])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (too short) stay NaN
-        return np.nanmean(probs, axis=0)
+    return ensemble_outputs(p, readers, utt_ids, fold, **kw)[:, : p.n_logits]
 
 
 def predict(p: Predictor, inputs: pd.DataFrame, *, store_dir: str | Path | None = None, fold: int | None = None,
             batch_size: int = 32, device: str = "cpu", jobs: int = 1, asr: bool = False,
             progress: bool = False) -> pd.DataFrame:
-    """``file, pred, prob_<class>…, duration_s, folds, warning`` (+ ``transcript`` for text models) per input row
-    (see the module docstring); ``asr``: transcribe inputs without a transcript (text models)."""
+    """``file, pred, prob_<class>…, pred_<dimension>…, duration_s, folds, warning`` (+ ``transcript`` for text
+    models) per input row (see the module docstring): ``pred``/``prob_*`` from a class head (classification,
+    multitask), ``pred_valence``… from a dimensional one (regression, multitask); ``asr``: transcribe inputs
+    without a transcript (text models)."""
     audio = next((f.audio for f in p.features.values() if f.input == "audio"), {})
     probed = probe_audio(inputs, audio)
     with tempfile.TemporaryDirectory(prefix="emoflow-predict-") as tmp:
@@ -217,20 +235,24 @@ def predict(p: Predictor, inputs: pd.DataFrame, *, store_dir: str | Path | None 
             probed = probed.assign(transcript=inputs["transcript"].to_numpy())
         readers, ids, _ = extract_inputs(p, inputs, store, jobs=jobs, progress=progress)
         try:
-            probs = ensemble(p, readers, ids, fold, batch_size=batch_size, device=device)
+            outputs = ensemble_outputs(p, readers, ids, fold, batch_size=batch_size, device=device)
         finally:
             for r in readers.values():
                 r.close()
-    return _table(p, probed, probs, fold)
+    return _table(p, probed, outputs, fold)
 
 
-def _table(p: Predictor, probed: pd.DataFrame, probs: np.ndarray, fold: int | None) -> pd.DataFrame:
-    ok = ~np.isnan(probs).any(axis=1)
+def _table(p: Predictor, probed: pd.DataFrame, outputs: np.ndarray, fold: int | None) -> pd.DataFrame:
+    ok = ~np.isnan(outputs).any(axis=1)
     out = pd.DataFrame({"file": probed["file"].tolist()})
-    out["pred"] = [p.labels[int(i)] if k else None for i, k in zip(np.nan_to_num(probs).argmax(axis=1), ok,
-                                                                     strict=True)]
-    for j, lab in enumerate(p.labels):
-        out[f"prob_{lab}"] = probs[:, j]
+    probs, n_cls = outputs[:, : p.n_logits], p.n_logits
+    if n_cls:  # task: regression has no class head
+        out["pred"] = [p.labels[int(i)] if k else None for i, k in zip(np.nan_to_num(probs).argmax(axis=1), ok,
+                                                                         strict=True)]
+        for j, lab in enumerate(p.labels):
+            out[f"prob_{lab}"] = probs[:, j]
+    for k, name in enumerate(p.targets):
+        out[f"pred_{name}"] = outputs[:, n_cls + k]
     out["duration_s"] = probed["duration_s"].to_numpy()
     out["folds"] = "ensemble of " + ",".join(map(str, sorted(p.folds))) if fold is None else str(fold)
     notes = probed["warning"].tolist()
@@ -280,8 +302,9 @@ def write_table(df: pd.DataFrame, out: str | Path) -> Path:
 
 
 def format_table(df: pd.DataFrame, labels: Iterable[str]) -> str:
-    """A fixed-width text table for the terminal (probabilities to 3 decimals)."""
-    cols = ["file", "pred", *[f"prob_{lab}" for lab in labels]]
+    """A fixed-width text table for the terminal (probabilities and predicted targets to 3 decimals)."""
+    cols = [c for c in ["file", "pred", *[f"prob_{lab}" for lab in labels]] if c in df.columns]
+    cols += [c for c in df.columns if c.startswith("pred_")]
     shown = df[cols].copy()
     shown["file"] = [Path(f).name if len(f) > 40 else f for f in shown["file"]]
     text = shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
@@ -289,5 +312,6 @@ def format_table(df: pd.DataFrame, labels: Iterable[str]) -> str:
     return "\n".join([text, *notes])
 
 
-__all__ = ["collect_inputs", "ensemble", "extract_inputs", "fold_probabilities", "format_table", "load_predictor",
-           "predict", "predict_files", "probe_audio", "transcribe_missing", "write_table"]
+__all__ = ["collect_inputs", "ensemble", "ensemble_outputs", "extract_inputs", "fold_outputs", "fold_probabilities",
+           "format_table", "load_predictor", "predict", "predict_files", "probe_audio", "transcribe_missing",
+           "write_table"]

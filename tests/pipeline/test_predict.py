@@ -22,8 +22,9 @@ TRAIN = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_thre
 
 
 def build_run(root: Path, model: str = "ilt", feature: str = "logmel40", model_params: dict | None = None,
-              train: dict | None = None) -> dict:
-    """The smallest real pipeline: 16 synthetic demo utterances, 2 folds of random_55_25_20, one feature set."""
+              train: dict | None = None, columns=None) -> dict:
+    """The smallest real pipeline: 16 synthetic demo utterances, 2 folds of random_55_25_20, one feature set
+    (``columns``: manifest → manifest with extra columns, e.g. V/A/D ratings)."""
     from features import get_extractor
     from features.audio import AudioConfig
     from pipeline.corpora import build_manifest
@@ -38,6 +39,8 @@ def build_run(root: Path, model: str = "ilt", feature: str = "logmel40", model_p
         generate_demo_corpus(corpus, n_speakers=2, n_sessions=1, utts_per_speaker=8, min_duration=0.6,
                              max_duration=1.2)
     manifest = build_manifest("demo", corpus)
+    if columns is not None:
+        manifest = columns(manifest)
     write_manifest(manifest, root / "manifest.parquet")
     folds = make_folds("random_55_25_20", manifest, seed=0, n_splits=2, val_fraction=0.25)
     write_folds(folds, root / "folds" / "random_55_25_20.parquet")
@@ -266,6 +269,40 @@ def test_other_input_paths_reproduce_cv_predictions(prefect_harness, tmp_path, m
         p.train["drop_short"] = True
         out = predict(p, collect_inputs([tmp_path / "short.wav", *_files_of(run, cv["utt_id"][:1])]))
         assert pd.isna(out["pred"][0]) and "too short" in out["warning"][0] and out["pred"][1] in p.labels
+
+
+def _with_vad(m: pd.DataFrame) -> pd.DataFrame:
+    """Class-related valence/arousal ratings, as tests/pipeline/test_dimensional_training.py gives its corpus."""
+    k = m["label"].map({"ang": 0, "hap": 1, "neu": 2, "sad": 3}).astype(float)
+    rng = np.random.default_rng(1)
+    return m.assign(valence=1.5 + k + rng.normal(0, 0.3, len(m)), arousal=4.5 - k + rng.normal(0, 0.3, len(m)))
+
+
+@pytest.mark.parametrize("task", ["regression", "multitask"])
+def test_dimensional_checkpoints_reproduce_cv_predictions(prefect_harness, tmp_path, task):
+    from pipeline.predict import format_table
+
+    run = build_run(tmp_path, train={"task": task}, columns=_with_vad)
+    p = load_run("ilt", run["results"])
+    assert p.task == task and p.targets == ["valence", "arousal"]
+    dims = ["pred_valence", "pred_arousal"]
+    for fold in (0, 1):
+        cv = run["preds"][run["preds"]["fold"] == fold].sort_values("utt_id")
+        out = predict(p, collect_inputs(_files_of(run, cv["utt_id"])), fold=fold, store_dir=tmp_path / "store")
+        np.testing.assert_allclose(out[dims].to_numpy(), cv[dims].to_numpy(), atol=1e-5)
+        if task == "multitask":
+            np.testing.assert_allclose(out[_prob_cols(out)].to_numpy(), cv[_prob_cols(cv)].to_numpy(), atol=1e-5)
+            assert out["pred"].tolist() == cv["pred"].tolist()
+        else:  # no class head: no label, no probabilities
+            assert "pred" not in out.columns and not _prob_cols(out)
+    assert "pred_arousal" in format_table(out, p.labels)
+    # the export keeps the head and the target names
+    q = load_bundle(export_predictor(p, tmp_path / "m"))
+    assert q.targets == p.targets and json.loads((tmp_path / "m" / "emoflow-model.json").read_text())["targets"] == [
+        "valence", "arousal"]
+    files = _files_of(run, cv["utt_id"])
+    np.testing.assert_allclose(predict(q, collect_inputs(files))[dims], predict(p, collect_inputs(files))[dims],
+                               atol=1e-7)
 
 
 def test_write_table_by_suffix(tmp_path):
