@@ -203,3 +203,79 @@ def test_concurrent_writers_to_different_feature_files_do_not_interfere(good_sto
     assert [r.computed for r in results] == [len(m), len(m)]
     for name in ("logmel40", "mfcc13"):
         assert verify(tmp_path / f"{name}.h5", source_checksums(get_extractor(name), m)) == []
+
+
+_STAGE_SCRIPT = """
+import os, sys, time
+sys.path[:0] = [{root!r}, {here!r}]
+import _rel
+from pipeline.extract import extract_features
+from pipeline.manifest import read_manifest
+ex = _rel.counting_logmel("calls.txt")
+compute, t0 = ex.extract, time.time()
+
+def extract(waveform, sample_rate):  # after the first utterance, hold the store lock until the test is done
+    out = compute(waveform, sample_rate)
+    while not os.path.exists("release") and time.time() - t0 < 60:
+        time.sleep(0.05)
+    return out
+
+ex.extract = extract
+r = extract_features(ex, read_manifest({manifest!r}), "features/logmel40.h5", audio_root={audio!r}, jobs=1,
+                     batch_size=2, progress=False)
+print("computed", r.computed)
+"""
+
+
+def test_two_dvc_repro_at_once_the_second_is_refused_and_the_first_finishes(good_store, tmp_path):
+    """Two real ``dvc repro`` of one extract stage in one tiny DVC project, the second started while the first's
+    stage holds the feature file: DVC's own lock refuses it (one ``ERROR:`` line naming the busy output, no
+    traceback), and an extraction of the same feature outside DVC (the CLI, as ``emoflow serve`` would run it)
+    is refused by the store's lock with one line, exit 2. The first run finishes: all utterances, verify clean,
+    and dvc.lock records the bytes it wrote."""
+    import yaml
+    from _rel import cli_env
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    env = cli_env()
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=proj, env=env, check=True, timeout=60)
+    (proj / "slow_extract.py").write_text(_STAGE_SCRIPT.format(
+        root=str(ROOT), here=str(HERE), manifest=str(good_store["manifest"]), audio=str(good_store["root"])))
+    (proj / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"extract": {
+        "cmd": f"{sys.executable} slow_extract.py", "deps": ["slow_extract.py"], "outs": ["features/logmel40.h5"]}}}))
+    out = proj / "features" / "logmel40.h5"
+    first = subprocess.Popen([dvc, "repro", "extract"], cwd=proj, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (proj / "calls.txt").exists():  # the first run's stage is extracting (store lock held)
+            assert first.poll() is None, first.communicate()[0][-2000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        second = subprocess.run([dvc, "repro", "extract"], cwd=proj, env=env, capture_output=True, text=True,
+                                timeout=60)
+        said = second.stdout + second.stderr
+        assert second.returncode != 0 and "Traceback" not in said, said
+        errors = [ln for ln in said.splitlines() if ln.startswith("ERROR")]
+        assert len(errors) == 1, said
+        assert "failed to reproduce 'extract'" in errors[0] and "is busy" in errors[0], errors  # DVC's rwlock
+        assert "features/logmel40.h5" in errors[0] and "rwlock" in said, said
+        code, _, err, exc = run_cli(["stage", "extract", "--feature", "logmel40", "--manifest",
+                                     good_store["manifest"], "--out", out, "--params", good_store["params"],
+                                     "--no-progress"])
+        assert_one_line_error(code, err, exc, str(out), "another process is writing", "wait for it")
+        assert first.poll() is None, "the first run finished during the checks; they proved nothing"
+        (proj / "release").touch()
+        log, _ = first.communicate(timeout=90)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, log[-2000:]
+    assert "computed 4" in log, log
+    assert verify(out, source_checksums(get_extractor("logmel40"), good_store["manifest_df"])) == []
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())
+    md5 = hashlib.md5(out.read_bytes()).hexdigest()
+    assert lock["stages"]["extract"]["outs"][0]["md5"] == md5
+    assert sorted(p.name for p in out.parent.iterdir()) == ["logmel40.h5"]  # no shard, temp or lock file left
