@@ -249,8 +249,9 @@ def test_plan_hash_depends_on_content_only():
 
 
 def test_unknown_plan_and_option():
-    with pytest.raises(FoldError, match=r"unknown fold plan 'lolo'; known plans: group_kfold, loso, random_55_25_20"):
+    with pytest.raises(FoldError, match=r"unknown fold plan 'lolo'; known plans: ") as e:
         make_folds("lolo", fixed_manifest())
+    assert all(name in str(e.value) for name in ("group_kfold", "loso", "random_55_25_20", "cross_corpus"))
     with pytest.raises(FoldError, match=r"'loso' does not take option\(s\) \['folds'\]; it takes \['group', 'val'"):
         make_folds("loso", fixed_manifest(), folds=3)
     with pytest.raises(FoldError, match=r"val='speaker' must be"):

@@ -26,6 +26,12 @@ from pipeline.extract import extract_features
 from pipeline.manifest import read_manifest, write_manifest
 
 HERE = Path(__file__).resolve().parent
+
+
+def _default_signals() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background of a non-interactive shell
+    (CI, `make test &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 N_UTTS, BATCH = 10, 2
 
 _EXTRACT = """
@@ -62,7 +68,7 @@ def test_sigterm_or_sigint_during_extraction_cleans_up_and_the_rerun_resumes(sig
     script = _EXTRACT.format(root=str(ROOT), here=str(HERE), count=str(count), manifest=str(corpus["full"]),
                              out=str(out), audio=str(corpus["root"]), batch=BATCH)
     proc = subprocess.Popen([sys.executable, "-c", script], env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     deadline = time.time() + 60
     while not (count.exists() and len(count.read_text().splitlines()) >= 5):  # two shards done, third under way
         assert proc.poll() is None, proc.communicate()[1][-2000:]

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -108,7 +111,16 @@ def test_other_errors_in_forward_keep_their_traceback():
 def test_dataloader_worker_killed_by_sigkill_ends_the_fold_with_one_line(context):
     """Training uses forkserver workers (not children of this process: PyTorch's SIGCHLD check cannot see them,
     and the death first shows as a reset connection); fork is the fast variant (forkserver start-up costs ~15 s
-    of imports per loader on this box)."""
+    of imports per loader on this box). Runs in a fresh interpreter: forked workers of a process in which earlier
+    tests ran Prefect exit with code 1 at start-up, which would fail the healthy loader for another reason."""
+    here = Path(__file__).resolve().parent
+    code = (f"import sys; sys.path[:0] = [{str(here.parents[1])!r}, {str(here)!r}]; "
+            f"import test_training_faults as t; t.check_worker_killed({context!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def check_worker_killed(context: str) -> None:
     loader = DataLoader(_Items(n=8, kill_at=5), batch_size=2, num_workers=1, multiprocessing_context=context)
     with pytest.raises(TrainError) as e:
         _epoch(_Forward(), loader)
