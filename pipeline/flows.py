@@ -729,6 +729,11 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
         reasons.append(f"inputs {model_params['inputs']} are not the paper's")
     if train_cfg.get("normalize") or train_cfg.get("class_weights"):
         reasons.append("small-corpus settings (normalize/class_weights) are not the paper's recipe")
+    if train_cfg.get("augment"):
+        reasons.append("augment (SpecAugment masks, random offset) is not the paper's recipe")
+    paper_select, run_select = info.train.get("select_on"), train_cfg.get("select_on")
+    if paper_select and run_select not in (None, paper_select, "val_ccc"):  # val_ccc: flagged by task below
+        reasons.append(f"selects epochs on {run_select}, the paper on {paper_select}")
     if train_cfg.get("task", "classification") != "classification":
         reasons.append(f"task {train_cfg['task']!r}: the papers trained classifiers only")
     return reasons, run_map

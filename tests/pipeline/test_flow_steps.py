@@ -49,6 +49,12 @@ def test_comparability_and_run_record(synthetic_cv):
     other, _ = flows.comparability(dataclasses.replace(spec, plan="loso"), "iemocap")
     assert any("fold plan 'loso' differs" in r for r in other) and not any("corpus is" in r for r in other)
     assert run_map == {lab: lab for lab in ("ang", "hap", "neu", "sad")}
+    assert not any("augment" in r or "selects epochs" in r for r in reasons)
+    small = dataclasses.replace(spec, train_cfg={**spec.train_cfg, "select_on": "val_loss",
+                                                 "augment": {"time_masks": 2, "time_width": 8}})
+    flagged, _ = flows.comparability(small, "iemocap")
+    assert any(r.startswith("augment") for r in flagged)
+    assert "selects epochs on val_loss, the paper on val_wa" in flagged
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     rec = flows.run_record(spec, {"wa": {"mean": 50.0}}, corpus="demo", t0=t0, t1=t0 + dt.timedelta(seconds=3),
                            run={"flow_run_id": None})
