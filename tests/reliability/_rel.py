@@ -60,6 +60,17 @@ def write_params(path: Path, dataset_root: Path | str, **sections) -> Path:
     return path
 
 
+def tone_manifest(root: Path, n: int, seconds, freq: float, step: float):
+    """``n`` tones ``root/wav/u<i>.wav`` (``seconds``: a number or ``f(i)``; frequency ``freq + step * i``) and their
+    manifest DataFrame (:func:`manifest_rows`, duration 1 s as recorded there)."""
+    rows = []
+    for i in range(n):
+        dur = seconds(i) if callable(seconds) else seconds
+        write_wav(root / "wav" / f"u{i:02d}.wav", tone(dur, freq=freq + step * i, seed=i))
+        rows.append({"utt_id": f"u{i:02d}", "path": f"wav/u{i:02d}.wav"})
+    return manifest_rows(root, rows)
+
+
 def manifest_rows(root: Path, rows: list[dict]):
     """A manifest DataFrame for files under ``root`` written directly (bypassing the corpus adapter, as a stale or
     hand-edited manifest would): checksum from the bytes when the file exists, duration 1 s unless given."""

@@ -23,11 +23,9 @@ from _rel import (
     ROOT,
     assert_one_line_error,
     cli_env,
-    manifest_rows,
     sha256_file,
-    tone,
+    tone_manifest,
     write_params,
-    write_wav,
 )
 
 from features import get_extractor
@@ -44,11 +42,7 @@ SHARD_LIMIT, COMMIT_LIMIT = 20_000, 100_000
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("diskfull")
-    rows = []
-    for i in range(N_UTTS):
-        write_wav(root / "wav" / f"u{i:02d}.wav", tone(1.0, freq=170 + 30 * i, seed=i))
-        rows.append({"utt_id": f"u{i:02d}", "path": f"wav/u{i:02d}.wav", "duration": 1.0})
-    full = manifest_rows(root, rows)
+    full = tone_manifest(root, N_UTTS, 1.0, freq=170, step=30)
     write_manifest(full, root / "full.parquet")
     write_manifest(full.iloc[:N_OLD], root / "old.parquet")
     params = write_params(root / "params.yaml", root, extract={"jobs": 1, "batch_size": 2})

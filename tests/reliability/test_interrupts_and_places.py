@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
-from _rel import ROOT, assert_one_line_error, cli_env, manifest_rows, run_cli, sha256_file, tone, write_wav
+from _rel import (
+    ROOT,
+    assert_one_line_error,
+    cli_env,
+    run_cli,
+    sha256_file,
+    tone_manifest,
+)
 
 from features import get_extractor
 from pipeline.extract import extract_features
@@ -53,11 +60,7 @@ except typer.Exit as e:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("interrupt")
-    rows = []
-    for i in range(N_UTTS):
-        write_wav(root / "wav" / f"u{i:02d}.wav", tone(0.3, freq=200 + 20 * i, seed=i))
-        rows.append({"utt_id": f"u{i:02d}", "path": f"wav/u{i:02d}.wav"})
-    write_manifest(manifest_rows(root, rows), root / "full.parquet")
+    write_manifest(tone_manifest(root, N_UTTS, 0.3, freq=200, step=20), root / "full.parquet")
     return {"root": root, "full": root / "full.parquet"}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from _rel import ROOT, counting_logmel, manifest_rows, run_cli, sha256_file, tone, write_wav
+from _rel import ROOT, counting_logmel, run_cli, sha256_file, tone_manifest
 
 from features import get_extractor
 from features.store import FeatureReader, verify
@@ -52,11 +52,7 @@ print("FINISHED")
 def corpus(tmp_path_factory):
     """12 utterances; the first 4 already extracted (the file a killed run must not damage); a clean reference."""
     root = tmp_path_factory.mktemp("kill")
-    rows = []
-    for i in range(N_UTTS):
-        write_wav(root / "wav" / f"u{i:02d}.wav", tone(0.2 + 0.02 * i, freq=180 + 25 * i, seed=i))
-        rows.append({"utt_id": f"u{i:02d}", "path": f"wav/u{i:02d}.wav"})
-    full = manifest_rows(root, rows)
+    full = tone_manifest(root, N_UTTS, lambda i: 0.2 + 0.02 * i, freq=180, step=25)
     write_manifest(full, root / "full.parquet")
     write_manifest(full.iloc[:N_OLD], root / "old.parquet")
     ref = root / "reference.h5"
