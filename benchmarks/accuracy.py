@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/ctranslate2 load (see pipeline/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/ctranslate2 load (see pipeline/cli/main.py)
 
 try:
     from benchmarks import _machine
@@ -69,7 +69,7 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
     import yaml
 
     from models import get_model_info
-    from pipeline import stages
+    from pipeline.cli import stages
 
     params = yaml.safe_load(params_path.read_text())
     data = workdir / "data"
@@ -100,7 +100,7 @@ def train_models(params_path: Path, workdir: Path, models: list[str],
                  results_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The ``train`` stage for each model (the cross_validate flow); ``(metrics and wall time per model,
     failures)`` — one broken model must not cost the others' hour: it is recorded and the loop goes on."""
-    from pipeline import stages
+    from pipeline.cli import stages
 
     data = workdir / "data"
     out: dict[str, dict[str, Any]] = {}
@@ -147,7 +147,7 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
 
 def collect_results(out_dir: Path) -> dict[str, Any]:
     """A model's finished cross-validation as the flow wrote it (``metrics.json`` + ``run.json``)."""
-    from pipeline.results import load_result
+    from pipeline.orchestration.results import load_result
 
     metrics = load_result(out_dir)
     return {"metrics": metrics, "wall_s": metrics.get("runtime_s"), "collected_from": str(out_dir)}
@@ -302,7 +302,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + ("\n\n" + sig if sig else "")
 
 
-# --- significance (pipeline/compare.py): intervals and verdicts vs the classical row ------------------------
+# --- significance (pipeline/orchestration/compare.py): intervals and verdicts vs the classical row ------------------------
 
 
 def _row_dir(workdir: Path, row: dict[str, Any]) -> Path:
@@ -315,7 +315,7 @@ def significance_block(result: dict[str, Any], workdir: Path, baseline: str = "c
     """Per row: pooled UA with a bootstrap 95 % interval and, against the ``baseline`` row, the paired bootstrap
     interval of the UA difference and McNemar's p, from the workspace's ``predictions.parquet``. A row whose
     predictions do not reproduce its pooled UA (another workspace, a rerun since) is refused, not guessed."""
-    from pipeline import compare
+    from pipeline.orchestration import compare
 
     frames = {}
     for r in result["rows"]:

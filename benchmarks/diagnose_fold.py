@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from benchmarks.accuracy import machine_info
-    from pipeline.train import train_fold
+    from pipeline.training.train import train_fold
 
     work = Path(args.workdir)
     params = yaml.safe_load((work / "params.yaml").read_text())

@@ -11,10 +11,10 @@
   otherwise, rightly, for results).
 * Audio: 5-s clips cut from the demo corpus' concatenated speech at distinct offsets (distinct bytes, so no clip
   reuses another's features).
-* ``cold_5s``: the whole command in a new process (``python -m pipeline.cli predict --model M FILE``: interpreter,
+* ``cold_5s``: the whole command in a new process (``python -m pipeline.cli.main predict --model M FILE``: interpreter,
   imports, model load, feature extraction into a temporary store, the fold ensemble, printing), median of 3.
 * ``warm_5s``: in-process, model loaded, after one warm-up call (numba compilation, lazy imports): one
-  :func:`pipeline.predict.predict` call per repeat with a fresh temporary store (extraction included), median.
+  :func:`pipeline.orchestration.predict.predict` call per repeat with a fresh temporary store (extraction included), median.
 * ``throughput``: one call on ``--n-files`` distinct 5-s files (a fresh store): files/s and audio-s per wall-s.
 * CPU only (``CUDA_VISIBLE_DEVICES=""``), torch on one thread. Wall-clock is the headline; the process CPU time
   (``cpu_*``) is the better estimate of a dedicated core when neighbours share the machine (the load average is
@@ -50,13 +50,13 @@ def build_workspace(ws: Path, model: str) -> None:
     os.environ.setdefault("PREFECT_HOME", str((ws / "prefect-home").resolve()))
     from features import get_extractor
     from features.audio import AudioConfig
-    from pipeline.corpora import build_manifest
-    from pipeline.demo_corpus import generate_demo_corpus
-    from pipeline.extract import extract_features
-    from pipeline.flows import run_cross_validation
-    from pipeline.folds import make_folds, write_folds
-    from pipeline.manifest import write_manifest
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
+    from pipeline.corpus.corpora import build_manifest
+    from pipeline.corpus.demo_corpus import generate_demo_corpus
+    from pipeline.corpus.folds import make_folds, write_folds
+    from pipeline.corpus.manifest import write_manifest
+    from pipeline.extraction.extract import extract_features
+    from pipeline.orchestration.flows import run_cross_validation
 
     corpus = ws / "corpus"
     generate_demo_corpus(corpus, n_speakers=4, n_sessions=2, utts_per_speaker=10)
@@ -104,7 +104,7 @@ def _children_cpu() -> float:
 
 def time_cold(ws: Path, model: str, clip: Path, repeats: int = 3) -> tuple[list[float], list[float]]:
     """(wall s, CPU s) of the whole command in a new process, ``repeats`` times."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "predict", "--model", model, "--results", str(ws / "results"),
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "predict", "--model", model, "--results", str(ws / "results"),
            str(clip), "--force"]
     wall, cpu = [], []
     for _ in range(repeats):
@@ -118,7 +118,7 @@ def time_cold(ws: Path, model: str, clip: Path, repeats: int = 3) -> tuple[list[
 def time_warm(ws: Path, model: str, clips: list[Path], repeats: int, n_files: int) -> dict:
     import torch
 
-    from pipeline.predict import collect_inputs, load_predictor, predict
+    from pipeline.orchestration.predict import collect_inputs, load_predictor, predict
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "predict", "model": a.model, "n_folds_ensemble": w["n_folds"], "clip_seconds": 5.0,
         "device": "cpu", "torch_threads": 1,
         "cold_5s_s": {"median": statistics.median(cold), "all": cold, "cpu_median": statistics.median(cold_cpu),
-                      "what": "new process: python -m pipeline.cli predict --model M one 5-s file"},
+                      "what": "new process: python -m pipeline.cli.main predict --model M one 5-s file"},
         "warm_5s_s": {"median": statistics.median(w["warm_s"]), "all": w["warm_s"],
                       "cpu_median": statistics.median(w["warm_cpu_s"]),
                       "what": "in-process predict() after warm-up, extraction into a fresh store included"},

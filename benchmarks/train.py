@@ -11,7 +11,7 @@
   masks and padding cost what they cost on real, mixed-length batches (for some models far more than a batch of
   equal lengths: tiny ILT trains ~6× faster on unpadded batches than on mixed ones).
 * Models: paper-size defaults (``--tiny``: the tiny presets, for smoke runs), the paper's batch size from the
-  model's train settings (``--batch-size`` overrides) and its optimiser (pipeline.train.build_optimizer).
+  model's train settings (``--batch-size`` overrides) and its optimiser (pipeline.training.train.build_optimizer).
 * Timing: one step = forward, cross-entropy, backward, optimiser step. ``--warmup`` steps are excluded (first-call
   allocation, oneDNN kernel selection); then ``--repeats`` steps are timed and the **median** step gives
   ``samples_per_s = batch / median``. ``--threads`` sets ``torch.set_num_threads`` (default 1: comparable across
@@ -120,7 +120,7 @@ def bench_one(name: str, *, batch_size: int | None, tiny: bool, warmup: int, rep
     import torch.nn.functional as F
 
     from models import create_model, get_model_info, tiny_config
-    from pipeline.train import build_optimizer, resolve_train_config
+    from pipeline.training.train import build_optimizer, resolve_train_config
 
     info = get_model_info(name)
     overrides = tiny_config(name) if tiny else {}

@@ -75,8 +75,8 @@ def build_synthetic_cv(
     import pandas as pd
 
     from features.store import FeatureWriter, FileMeta
-    from pipeline.folds import make_folds, write_folds
-    from pipeline.manifest import write_manifest
+    from pipeline.corpus.folds import make_folds, write_folds
+    from pipeline.corpus.manifest import write_manifest
 
     root = Path(root)
     rng = np.random.default_rng(seed)

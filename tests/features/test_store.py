@@ -12,7 +12,7 @@ import soundfile as sf
 
 from features.base import Extractor, ExtractorConfig
 from features.store import FeatureReader, FeatureWriter, FileMeta, StoreLockedError, info, verify
-from pipeline.extract import ExtractionError, extract_features
+from pipeline.extraction.extract import ExtractionError, extract_features
 
 
 @dataclasses.dataclass

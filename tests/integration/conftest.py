@@ -79,7 +79,7 @@ def tiny_params() -> dict:
 def _train_stage() -> dict:
     """The real ``train`` stage for :data:`MODEL` under :func:`tiny_params`, as `emoflow stage dvc-yaml` writes it
     (its own feature, plan and result-changing params)."""
-    from pipeline.dvc_stages import train_stage_yaml
+    from pipeline.orchestration.dvc_stages import train_stage_yaml
 
     return yaml.safe_load("stages:\n" + train_stage_yaml(tiny_params()))["stages"]["train"]
 
@@ -141,7 +141,7 @@ def it():
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real ``prefect server`` (subprocess, 127.0.0.1, free port, its own PREFECT_HOME) for the session."""
-    from pipeline.server import start_server
+    from pipeline.orchestration.server import start_server
 
     home = tmp_path_factory.mktemp("prefect-server")
     srv = start_server("127.0.0.1", None, home=home, timeout=120)
@@ -154,7 +154,7 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pushed_project(dvc_project, tmp_path_factory):
     """Clone #1 (whoever computed the features) with a shared-disk remote as default, everything pushed."""
-    from pipeline import remote as rm
+    from pipeline.team import remote as rm
 
     base = tmp_path_factory.mktemp("shared")
     store = base / "team-remote"

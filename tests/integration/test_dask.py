@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def _cv(it, proj, tmp, **train):
-    from pipeline.flows import run_cross_validation
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
+    from pipeline.orchestration.flows import run_cross_validation
 
     params = load_params(proj / "params.yaml")
     # as the train stage does: train.models is DVC's foreach list, not a training setting

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import remote as rm
-from pipeline.results import load_result
+from pipeline.orchestration.results import load_result
+from pipeline.team import remote as rm
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +174,7 @@ def test_serve_runs_extract_deployment_started_from_the_api(it, dvc_project, pre
     api = prefect_server.api_url
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from pipeline.server import serve_deployments; "
+        [sys.executable, "-c", "from pipeline.orchestration.server import serve_deployments; "
                                f"serve_deployments('params.yaml', models=[{it.MODEL!r}])"],
         cwd=box, env=it.env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home")),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -221,7 +221,7 @@ def test_serve_runs_extract_deployment_started_from_the_api(it, dvc_project, pre
 
 
 def test_server_ui_talks_to_its_own_port_and_a_busy_port_is_refused(prefect_server, tmp_path):
-    from pipeline.server import ServerError, client_env, start_server
+    from pipeline.orchestration.server import ServerError, client_env, start_server
 
     # the UI asks /ui-settings where the API is: without PREFECT_SERVER_API_PORT it would say 4200
     with urllib.request.urlopen(prefect_server.ui_url + "/ui-settings", timeout=30) as r:  # noqa: S310

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import remote as rm
+from pipeline.team import remote as rm
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_cli_pull_and_push_one_model(shared, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from pipeline import cli_team
+    from pipeline.cli import team as cli_team
 
     app = typer.Typer()
     cli_team.mount(app)
@@ -191,7 +191,7 @@ def test_cli_commands(dvc_project, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from pipeline import cli_team
+    from pipeline.cli import team as cli_team
 
     app = typer.Typer()
     cli_team.mount(app)

@@ -10,10 +10,10 @@ import torch
 
 import models
 from features.store import FeatureReader, FeatureWriter, FileMeta
-from pipeline.data import fit_normalizer, make_views
-from pipeline.folds import make_folds, write_folds
-from pipeline.manifest import write_manifest
-from pipeline.train import loss_weights, train_fold
+from pipeline.corpus.folds import make_folds, write_folds
+from pipeline.corpus.manifest import write_manifest
+from pipeline.training.data import fit_normalizer, make_views
+from pipeline.training.train import loss_weights, train_fold
 
 LABELS = ("ang", "hap", "neu", "sad")
 
@@ -143,8 +143,8 @@ def test_cache_in_memory_changes_nothing_but_speed(tmp_path):
 
 def test_a_models_label_map_reads_corpus_labels_and_drops_the_rest(tmp_path):
     """Paper E's protocol on IEMOCAP: excited as happy, happy dropped — per model, from the corpus labels."""
-    from pipeline.flows import apply_label_map, label_mapping
-    from pipeline.manifest import read_manifest
+    from pipeline.corpus.manifest import read_manifest
+    from pipeline.orchestration.flows import apply_label_map, label_mapping
 
     m, folds, _ = _corpus(tmp_path, n=32)
     m["corpus_label"] = ["exc" if (lab == "hap" and (i // 4) % 2) else lab for i, lab in enumerate(m["label"])]

@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 from typer.testing import CliRunner
 
-from pipeline import compare as C
-from pipeline.report import write_report
+from pipeline.orchestration import compare as C
+from pipeline.orchestration.report import write_report
 
 
 def _frame(labels, preds, prefix="u"):
@@ -134,7 +134,7 @@ def test_report_shows_intervals_and_verdicts_for_models_of_one_plan(tmp_path):
 
 
 def test_cli_compare_by_model_name_and_by_directory(tmp_path):
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     labels = list("abc") * 20
     wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
@@ -205,7 +205,7 @@ def test_cli_compare_git_revisions_and_a_dvc_experiment(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     repo = tmp_path / "proj"
     (repo / "results" / "ilt").mkdir(parents=True)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import corpora
-from pipeline.corpora import CorpusCountWarning, build_manifest, list_datasets
-from pipeline.manifest import ManifestError, MissingAudioError, audio_checksum, validate_manifest
+from pipeline.corpus import corpora
+from pipeline.corpus.corpora import CorpusCountWarning, build_manifest, list_datasets
+from pipeline.corpus.manifest import ManifestError, MissingAudioError, audio_checksum, validate_manifest
 
 
 def build_quiet(*args, **kw):
@@ -280,9 +280,9 @@ def test_demo_adapter_missing_metadata(tmp_path):
 @pytest.mark.filterwarnings("ignore:.*cannot stratify:UserWarning")  # 24 utterances: too few for 10 strata
 def test_generated_demo_corpus_end_to_end(tmp_path):
     """The real demo generator's output → manifest → every fold plan (the `dvc repro` path on a fresh machine)."""
-    demo = pytest.importorskip("pipeline.demo_corpus")
-    from pipeline.folds import list_plans, make_folds
-    from pipeline.manifest import read_manifest, write_manifest
+    demo = pytest.importorskip("pipeline.corpus.demo_corpus")
+    from pipeline.corpus.folds import list_plans, make_folds
+    from pipeline.corpus.manifest import read_manifest, write_manifest
 
     meta = demo.generate_demo_corpus(tmp_path / "demo", seed=1, n_speakers=6, n_sessions=3, utts_per_speaker=4,
                                      min_duration=0.5, max_duration=0.8)

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.combined import parse_corpora, reconcile_labels
-from pipeline.corpora import build_manifest
-from pipeline.extract import audio_root_of
-from pipeline.folds import FoldError, make_folds
-from pipeline.manifest import ManifestError
+from pipeline.corpus.combined import parse_corpora, reconcile_labels
+from pipeline.corpus.corpora import build_manifest
+from pipeline.corpus.folds import FoldError, make_folds
+from pipeline.corpus.manifest import ManifestError
+from pipeline.extraction.extract import audio_root_of
 
 ROOT = Path(__file__).resolve().parents[2]
 RAVDESS = Path(os.environ.get("EMOFLOW_RAVDESS", Path(__file__).resolve().parents[3] / "shared/corpora/ravdess"))
@@ -24,7 +24,7 @@ CLASSES = ["ang", "hap", "neu", "sad"]
 def test_crosscorpus_params_are_valid():
     """params.crosscorpus.yaml: its corpora parse, every model runs the cross_corpus plan on extracted features."""
     import models
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
 
     p = load_params(ROOT / "params.crosscorpus.yaml")
     ds = p["dataset"]
@@ -68,7 +68,7 @@ def two_corpora(tmp_path_factory):
     CSV of absolute paths into the shared copy."""
     if not (RAVDESS / "manifest.csv").is_file():
         pytest.skip(f"RAVDESS not found at {RAVDESS} (set EMOFLOW_RAVDESS to the folder holding manifest.csv)")
-    from pipeline.demo_corpus import generate_demo_corpus
+    from pipeline.corpus.demo_corpus import generate_demo_corpus
 
     root = tmp_path_factory.mktemp("cc")
     generate_demo_corpus(root / "demo", seed=1, n_speakers=4, n_sessions=2, utts_per_speaker=8, min_duration=1.0,
@@ -118,7 +118,7 @@ def test_cross_corpus_plan_tests_on_the_unseen_corpus(two_corpora):
 
 def test_demo_to_ravdess_through_the_pipeline_stages(two_corpora, prefect_harness, tmp_path, monkeypatch):
     """manifest → folds → extract → train (the Prefect flow) → report, the stages `dvc repro` runs."""
-    from pipeline import stages
+    from pipeline.cli import stages
 
     root, corpora = two_corpora
     params = yaml.safe_load((ROOT / "params.crosscorpus.yaml").read_text())

@@ -33,7 +33,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.demo_corpus import METADATA_COLUMNS, DemoCorpusConfig, generate_demo_corpus
+from pipeline.corpus.demo_corpus import METADATA_COLUMNS, DemoCorpusConfig, generate_demo_corpus
 
 SMALL = dict(n_speakers=4, n_sessions=2, utts_per_speaker=4)  # 16 utterances, ~0.3 s to build
 
@@ -87,7 +87,7 @@ def test_bytes_do_not_depend_on_numpy_simd_dispatch(small, tmp_path):
         pytest.skip("this CPU uses no dispatched numpy kernels: nothing to switch off")
     out, _ = small
     code = (
-        "import sys; from pipeline.demo_corpus import generate_demo_corpus; "
+        "import sys; from pipeline.corpus.demo_corpus import generate_demo_corpus; "
         f"generate_demo_corpus(sys.argv[1], seed=7, **{SMALL!r})"
     )
     env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(dispatched)}

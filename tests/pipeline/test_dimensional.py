@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from pipeline.corpora import build_manifest
-from pipeline.dimensional import VAD_COLUMNS, parse_vad
-from pipeline.metrics import ccc, dimensional_metrics
+from pipeline.corpus.corpora import build_manifest
+from pipeline.corpus.dimensional import VAD_COLUMNS, parse_vad
+from pipeline.training.metrics import ccc, dimensional_metrics
 
 
 def test_ccc_by_hand():
@@ -68,7 +68,7 @@ def test_manifest_adapter_accepts_vad_columns(tmp_path, wav_factory):
     assert "dominance" not in df.columns and df.loc["a0", "valence"] == 2.5 and df.loc["a1", "arousal"] == 4.5
     assert math.isnan(df.loc["a1", "valence"])  # blank = not annotated
     (tmp_path / "bad.csv").write_text("path,label,valence\na0.wav,neu,high\n")
-    from pipeline.manifest import ManifestError
+    from pipeline.corpus.manifest import ManifestError
 
     with pytest.raises(ManifestError, match="column 'valence' must be numbers"):
         build_manifest("manifest", tmp_path / "bad.csv")

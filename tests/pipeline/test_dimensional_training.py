@@ -15,9 +15,9 @@ import torch
 from features.errors import ConfigError
 from models import create_model, example_batch, list_models, tiny_config
 from models.registry import set_task_head
-from pipeline.data import DataError
-from pipeline.metrics import ccc
-from pipeline.train import TrainError, ccc_loss, dimensional_loss, fold_targets, resolve_train_config
+from pipeline.training.data import DataError
+from pipeline.training.metrics import ccc
+from pipeline.training.train import TrainError, ccc_loss, dimensional_loss, fold_targets, resolve_train_config
 
 torch.set_num_threads(1)
 TRAIN = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1}
@@ -78,7 +78,7 @@ def test_fold_targets_mask_or_refuse():
 
 def _with_vad(cv) -> pd.DataFrame:
     """The synthetic corpus with class-related V/A ratings (no dominance), one gap and one 5.5 (IEMOCAP's quirk)."""
-    from pipeline.manifest import write_manifest
+    from pipeline.corpus.manifest import write_manifest
 
     m = cv["manifest"].copy()
     k = m["label"].map({"ang": 0, "hap": 1, "neu": 2, "sad": 3}).astype(float)
@@ -99,8 +99,8 @@ def _pooled_ccc_by_hand(t: np.ndarray, p: np.ndarray) -> float:
 
 def _cross_validate(cv, manifest, model, section, train, out) -> dict:
     """Every fold of the plan through ``train_fold``, then the flow's own summary and writers (no Prefect)."""
-    from pipeline.flows import summarise, write_results
-    from pipeline.train import train_fold
+    from pipeline.orchestration.flows import summarise, write_results
+    from pipeline.training.train import train_fold
 
     results = [train_fold(model, int(f), manifest=manifest, folds=cv["folds"], features_dir=cv["features_dir"],
                           model_params=section, train_params={**TRAIN, **train}, log=lambda _: None).to_dict()
@@ -113,9 +113,9 @@ def _cross_validate(cv, manifest, model, section, train, out) -> dict:
 
 
 def test_regression_multitask_and_classification_runs(synthetic_cv, tmp_path):
-    from pipeline.flows import artifact_markdown, metrics_rows
-    from pipeline.report import render_report
-    from pipeline.results import load_result
+    from pipeline.orchestration.flows import artifact_markdown, metrics_rows
+    from pipeline.orchestration.report import render_report
+    from pipeline.orchestration.results import load_result
 
     cv = synthetic_cv()
     manifest = _with_vad(cv)
@@ -180,7 +180,7 @@ def test_regression_multitask_and_classification_runs(synthetic_cv, tmp_path):
 
 
 def test_fold_cache_key_sees_ratings_of_dimensional_runs_only(synthetic_cv):
-    from pipeline.flows import fold_cache_key
+    from pipeline.orchestration.flows import fold_cache_key
 
     cv = synthetic_cv()
     manifest = _with_vad(cv)
@@ -200,8 +200,8 @@ def test_flow_records_a_regression_run(prefect_harness, synthetic_cv, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from pipeline.flows import run_cross_validation
-    from pipeline.results import load_result
+    from pipeline.orchestration.flows import run_cross_validation
+    from pipeline.orchestration.results import load_result
 
     cv = synthetic_cv()
     _with_vad(cv)
@@ -222,7 +222,7 @@ def test_flow_records_a_regression_run(prefect_harness, synthetic_cv, tmp_path):
 def test_ccc_loss_learns_the_ratings(synthetic_cv):
     """The targets reach the loss aligned with their utterances: the probe learns class-related ratings (test
     CCC 0.43 / 0.57 after 20 epochs, seeded; a misaligned target would stay near 0)."""
-    from pipeline.train import train_fold
+    from pipeline.training.train import train_fold
 
     cv = synthetic_cv(n_utts=64)
     m = cv["manifest"].copy()
@@ -237,7 +237,7 @@ def test_ccc_loss_learns_the_ratings(synthetic_cv):
 def test_subset_keeps_labels_and_targets_aligned(synthetic_cv):
     """``subset`` drops utterances after the split: labels and targets follow (they were built before the filter,
     and every subset run stopped with "utt_ids and labels differ in length")."""
-    from pipeline.train import train_fold
+    from pipeline.training.train import train_fold
 
     cv = synthetic_cv()
     m = _with_vad(cv)

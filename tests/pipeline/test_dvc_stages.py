@@ -1,4 +1,4 @@
-"""Each train@<model> stage of dvc.yaml declares exactly what it reads (pipeline/dvc_stages.py), checked through
+"""Each train@<model> stage of dvc.yaml declares exactly what it reads (pipeline/orchestration/dvc_stages.py), checked through
 DVC's own resolution of the committed dvc.yaml, and `dvc status` ignores runtime-only settings."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 import models
-from pipeline.dvc_stages import CODE, NOT_DEPS, train_stage_yaml, update_dvc_yaml
-from pipeline.params import ParamsError, load_params
+from pipeline.core.params import ParamsError, load_params
+from pipeline.orchestration.dvc_stages import CODE, NOT_DEPS, train_stage_yaml, update_dvc_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -102,8 +102,8 @@ def test_runtime_settings_and_other_features_leave_a_train_stage_up_to_date(proj
 
 
 def test_runtime_only_keys_cover_the_training_loops():
-    from pipeline.dvc_stages import RUNTIME_ONLY
-    from pipeline.train import RUNTIME_KEYS
+    from pipeline.orchestration.dvc_stages import RUNTIME_ONLY
+    from pipeline.training.train import RUNTIME_KEYS
 
     assert set(RUNTIME_KEYS) <= set(RUNTIME_ONLY)  # a new runtime key of the loop must not become a DVC param
 

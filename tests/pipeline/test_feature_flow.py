@@ -1,5 +1,5 @@
 """The Prefect ``extract`` flow writes the same feature file the DVC stage writes (both call
-``pipeline.extract.extract_feature``), and reports what it wrote."""
+``pipeline.extraction.extract.extract_feature``), and reports what it wrote."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def _arrays(path):
 
 
 def test_extract_flow_matches_the_stage(tmp_path, prefect_harness):
-    from pipeline import stages
-    from pipeline.feature_flow import extract_flow
+    from pipeline.cli import stages
+    from pipeline.orchestration.feature_flow import extract_flow
 
     params = _corpus(tmp_path)
     manifest = tmp_path / "manifest.parquet"
@@ -50,8 +50,8 @@ def test_extract_flow_matches_the_stage(tmp_path, prefect_harness):
 
 
 def test_extract_feature_device_only_for_model_features(tmp_path):
-    from pipeline.extract import extract_feature
-    from pipeline.params import ParamsError, load_params
+    from pipeline.core.params import ParamsError, load_params
+    from pipeline.extraction.extract import extract_feature
 
     params = load_params(_corpus(tmp_path))
     with pytest.raises(ParamsError, match="logmel40.*no device setting"):

@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 
 from models import tiny_config
-from pipeline import flows
+from pipeline.orchestration import flows
 
 
 def _spec(cv, **kw):

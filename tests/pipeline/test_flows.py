@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from models import tiny_config
-from pipeline.flows import fold_cache_key, make_task_runner, run_cross_validation
-from pipeline.train import resolve_train_config
+from pipeline.orchestration.flows import fold_cache_key, make_task_runner, run_cross_validation
+from pipeline.training.train import resolve_train_config
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,7 +184,7 @@ def _stop(proc) -> None:
 _SERVE = """
 import sys
 sys.path.insert(0, {root!r})
-from pipeline.flows import serve
+from pipeline.orchestration.flows import serve
 serve(None, models=["ilt"], limit=1)
 """
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.model_selection import train_test_split
 
-from pipeline.folds import (
+from pipeline.corpus.folds import (
     PAPER_E_SEEDS,
     SPLITS,
     FoldError,

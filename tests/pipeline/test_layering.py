@@ -1,5 +1,5 @@
-"""The import layers hold: ``features/`` and ``models/`` never import ``pipeline/``, only the CLI modules import
-typer, and the Prefect extract flow calls the extraction library rather than a DVC stage entry point.
+"""The import layers hold: ``features/`` and ``models/`` never import ``pipeline/``, each ``pipeline/`` layer imports
+only the layers below it (``pipeline.LAYERS``, lowest first), only the CLI modules import typer, and the Prefect extract flow calls the extraction library rather than a DVC stage entry point.
 
 Read from the source with ``ast`` (imports inside functions count too), so nothing is imported to check it.
 """
@@ -15,9 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _is_cli(rel: str) -> bool:
-    """The typer edge: pipeline/cli.py, pipeline/cli_*.py and pipeline/*_cli.py."""
-    name = Path(rel).name
-    return rel.startswith("pipeline/") and (name == "cli.py" or name.startswith("cli_") or name.endswith("_cli.py"))
+    """The typer edge: the modules of pipeline/cli/."""
+    return rel.startswith("pipeline/cli/")
 
 
 def _imports(path: Path) -> set[str]:
@@ -53,6 +52,35 @@ def test_typer_only_in_cli_modules():
 
 
 def test_extract_flow_does_not_call_a_stage_entry_point():
-    mods = _imports(ROOT / "pipeline/feature_flow.py")
-    assert "pipeline.stages" not in mods and "pipeline.dvc_stages" not in mods, sorted(mods)
-    assert "pipeline.extract" in mods
+    mods = _imports(ROOT / "pipeline/orchestration/feature_flow.py")
+    assert "pipeline.cli.stages" not in mods and "pipeline.orchestration.dvc_stages" not in mods, sorted(mods)
+    assert "pipeline.extraction.extract" in mods
+
+
+def _layer(module_or_rel: str) -> str | None:
+    """The pipeline layer of a dotted module name or a ``pipeline/<layer>/...`` path (None: not in one)."""
+    parts = module_or_rel.replace("/", ".").split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "pipeline" else None
+
+
+def test_every_pipeline_module_sits_in_a_layer():
+    from pipeline import LAYERS
+
+    loose = [rel for rel in _sources("pipeline") if rel != "pipeline/__init__.py" and _layer(rel) not in LAYERS]
+    assert loose == [], f"modules outside the layers {LAYERS}: {loose}"
+
+
+def test_layers_import_only_downward():
+    from pipeline import LAYERS
+
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    upward = {}
+    for rel, mods in _sources("pipeline").items():
+        own = _layer(rel)
+        if own is None:
+            continue
+        bad = sorted(m for m in mods if _top(m) == "pipeline" and _layer(m) in rank and rank[_layer(m)] > rank[own])
+        if bad:
+            upward[rel] = bad
+    assert rank["core"] < rank["cli"] and len(_sources("pipeline")) > 20, "the check is reading the wrong files"
+    assert upward == {}, f"imports of a higher layer: {upward}"

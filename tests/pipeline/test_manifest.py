@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest as mf
-from pipeline.manifest import (
+from pipeline.corpus import manifest as mf
+from pipeline.corpus.manifest import (
     COLUMNS,
     ManifestError,
     MissingAudioError,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.metrics import aggregate_folds, compute_metrics, confusion_markdown
+from pipeline.training.metrics import aggregate_folds, compute_metrics, confusion_markdown
 
 
 def test_imbalanced_wa_and_ua_differ():

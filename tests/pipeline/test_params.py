@@ -9,7 +9,7 @@ import yaml
 
 import models
 from features import extractor_class, list_extractors
-from pipeline.params import ParamsError, expect, load_params, section
+from pipeline.core.params import ParamsError, expect, load_params, section
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAM_FILES = ["params.yaml", "params.iemocap.yaml"]
@@ -26,7 +26,7 @@ def test_every_feature_and_model_section_is_a_valid_config(fname):
         arch = {k: v for k, v in cfg.items() if k not in ("train", "fold_plan", "label_map")}  # flow-level keys
         models.make_config(name, **arch)
         if "train" in cfg:
-            from pipeline.train import resolve_train_config
+            from pipeline.training.train import resolve_train_config
 
             flow_keys = ("models", "task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir",
                          "refresh_cache")  # read by the flow, not the loop
@@ -72,7 +72,7 @@ def test_params_errors_name_the_key(tmp_path):
 def test_ravdess_params_are_valid_and_speaker_independent():
     """params.ravdess.yaml: every section it has is a valid config, its models' features are extracted, and its
     fold plan is grouped by actor (the corpus itself is not needed)."""
-    from pipeline.train import resolve_train_config
+    from pipeline.training.train import resolve_train_config
 
     p = load_params(ROOT / "params.ravdess.yaml")
     assert p["dataset"]["name"] == "manifest" and p["dataset"]["corpus"] == "ravdess"

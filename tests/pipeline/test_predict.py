@@ -14,8 +14,8 @@ import soundfile as sf
 import torch
 
 from models import tiny_config
-from pipeline.bundle import PredictError, export_predictor, load_bundle, load_run
-from pipeline.predict import collect_inputs, ensemble, extract_inputs, predict
+from pipeline.orchestration.predict import collect_inputs, ensemble, extract_inputs, predict
+from pipeline.training.bundle import PredictError, export_predictor, load_bundle, load_run
 
 torch.set_num_threads(1)
 TRAIN = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1, "normalize": "fold"}
@@ -27,12 +27,12 @@ def build_run(root: Path, model: str = "ilt", feature: str = "logmel40", model_p
     (``columns``: manifest → manifest with extra columns, e.g. V/A/D ratings)."""
     from features import get_extractor
     from features.audio import AudioConfig
-    from pipeline.corpora import build_manifest
-    from pipeline.demo_corpus import generate_demo_corpus
-    from pipeline.extract import extract_features
-    from pipeline.flows import run_cross_validation
-    from pipeline.folds import make_folds, write_folds
-    from pipeline.manifest import write_manifest
+    from pipeline.corpus.corpora import build_manifest
+    from pipeline.corpus.demo_corpus import generate_demo_corpus
+    from pipeline.corpus.folds import make_folds, write_folds
+    from pipeline.corpus.manifest import write_manifest
+    from pipeline.extraction.extract import extract_features
+    from pipeline.orchestration.flows import run_cross_validation
 
     corpus = root / "corpus"
     if not (corpus / "metadata.csv").is_file():
@@ -196,7 +196,7 @@ def test_export_roundtrip_and_refusal(run, tmp_path):
 def test_cli_predict_and_export(run, tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     cli = CliRunner()
     files = _files_of(run, run["preds"]["utt_id"][:2])
@@ -216,7 +216,7 @@ def test_cli_predict_and_export(run, tmp_path):
 
 
 def test_transcripts_for_text_models(run, tmp_path):
-    from pipeline.bundle import FeatureSpec
+    from pipeline.training.bundle import FeatureSpec
 
     p = load_run("ilt", run["results"])
     p.features["glove"] = FeatureSpec("glove", "1", {}, "0" * 64, {}, input="text")  # as a multimodal model has
@@ -238,7 +238,7 @@ def test_transcripts_for_text_models(run, tmp_path):
 @pytest.mark.slow
 def test_asr_fills_only_missing_transcripts(run, tmp_path):
     pytest.importorskip("faster_whisper")
-    from pipeline.predict import transcribe_missing
+    from pipeline.orchestration.predict import transcribe_missing
 
     files = _files_of(run, run["preds"]["utt_id"][:2])
     inputs = collect_inputs(files)
@@ -280,7 +280,7 @@ def _with_vad(m: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.parametrize("task", ["regression", "multitask"])
 def test_dimensional_checkpoints_reproduce_cv_predictions(prefect_harness, tmp_path, task):
-    from pipeline.predict import format_table
+    from pipeline.orchestration.predict import format_table
 
     run = build_run(tmp_path, train={"task": task}, columns=_with_vad)
     p = load_run("ilt", run["results"])
@@ -306,7 +306,7 @@ def test_dimensional_checkpoints_reproduce_cv_predictions(prefect_harness, tmp_p
 
 
 def test_write_table_by_suffix(tmp_path):
-    from pipeline.predict import format_table, write_table
+    from pipeline.orchestration.predict import format_table, write_table
 
     df = pd.DataFrame({"file": ["a.wav", "b.wav"], "pred": ["ang", None], "prob_ang": [0.9, np.nan],
                        "prob_sad": [0.1, np.nan], "warning": ["", "too short"]})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.report import write_report
+from pipeline.orchestration.report import write_report
 
 
 def test_report_flags_demo_and_random_weight_results(tmp_path):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.demo_corpus import CLASSES
-from pipeline.report import load_results
-from pipeline.results import join_result, load_result, split_result
+from pipeline.corpus.demo_corpus import CLASSES
+from pipeline.orchestration.report import load_results
+from pipeline.orchestration.results import join_result, load_result, split_result
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from models import create_model, example_batch, get_model_info, list_models, tiny_config
-from pipeline.data import (
+from pipeline.training.data import (
     DataError,
     InputView,
     add_power_noise_db,
@@ -24,7 +24,7 @@ from pipeline.data import (
     reduce_layers,
     segment_starts,
 )
-from pipeline.train import TrainError, resolve_train_config, train_fold
+from pipeline.training.train import TrainError, resolve_train_config, train_fold
 
 torch.set_num_threads(1)
 
@@ -229,9 +229,9 @@ _KILL_SCRIPT = """
 import sys, pandas as pd, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {root!r})
-from pipeline.folds import read_folds
-from pipeline.manifest import read_manifest
-from pipeline.train import train_fold
+from pipeline.corpus.folds import read_folds
+from pipeline.corpus.manifest import read_manifest
+from pipeline.training.train import train_fold
 from models import tiny_config
 cv = {cv!r}
 train_fold("ilt", 0, manifest=read_manifest(cv + "/manifest.parquet"),
@@ -286,7 +286,7 @@ def test_train_benchmark_runs_and_reports(tmp_path):
 
 
 def test_subset_setting_keeps_only_that_subset(synthetic_cv):
-    from pipeline.train import prepare_fold
+    from pipeline.training.train import prepare_fold
 
     cv = synthetic_cv()
     man = cv["manifest"].copy()
@@ -306,7 +306,7 @@ def test_subset_setting_keeps_only_that_subset(synthetic_cv):
 
 
 def _dataset(cv, split: str, augment=None, fixed_len=None):
-    from pipeline.data import FeatureDataset, check_augment, open_readers
+    from pipeline.training.data import FeatureDataset, check_augment, open_readers
 
     ids = list(cv["folds"].query(f"fold == 0 and split == '{split}'")["utt_id"])
     readers = open_readers(cv["features_dir"], ["logmel40"])
@@ -316,7 +316,7 @@ def _dataset(cv, split: str, augment=None, fixed_len=None):
 
 
 def test_augment_masks_train_items_per_epoch_and_leaves_evaluation_alone(synthetic_cv):
-    from pipeline.data import spec_augment
+    from pipeline.training.data import spec_augment
 
     cv = synthetic_cv()
     aug = {"time_masks": 2, "time_width": 8, "freq_masks": 2, "freq_width": 6, "shift": 10}
@@ -341,7 +341,7 @@ def test_augment_masks_train_items_per_epoch_and_leaves_evaluation_alone(synthet
 def test_select_on_val_loss_picks_the_epoch_of_lowest_validation_cross_entropy(synthetic_cv):
     from sklearn.metrics import log_loss
 
-    from pipeline.train import split_loss
+    from pipeline.training.train import split_loss
 
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [np.nan, np.nan]])
     p = np.exp(logits[:2]) / np.exp(logits[:2]).sum(axis=1, keepdims=True)

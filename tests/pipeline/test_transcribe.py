@@ -20,11 +20,11 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from pipeline import stages  # noqa: E402
-from pipeline.corpora import build_manifest  # noqa: E402
-from pipeline.manifest import read_manifest, write_manifest  # noqa: E402
-from pipeline.params import ParamsError  # noqa: E402
-from pipeline.transcribe import AsrCache, AsrModelError, transcript_settings  # noqa: E402
+from pipeline.cli import stages  # noqa: E402
+from pipeline.core.params import ParamsError  # noqa: E402
+from pipeline.corpus.corpora import build_manifest  # noqa: E402
+from pipeline.corpus.manifest import read_manifest, write_manifest  # noqa: E402
+from pipeline.extraction.transcribe import AsrCache, AsrModelError, transcript_settings  # noqa: E402
 
 pytest.importorskip("faster_whisper", reason="faster-whisper not installed (pip install -e .)")
 
@@ -160,7 +160,7 @@ def test_settings_are_checked(tmp_path, corpus):
 def test_unloadable_model_is_one_clear_line(tmp_path, corpus):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     missing = str(tmp_path / "no-such-whisper")
     params = _params(tmp_path, corpus, transcripts="asr", asr_model=missing, asr_language="en")

@@ -76,7 +76,7 @@ def manifest_rows(root: Path, rows: list[dict]):
     hand-edited manifest would): checksum from the bytes when the file exists, duration 1 s unless given."""
     import pandas as pd
 
-    from pipeline.manifest import audio_checksum
+    from pipeline.corpus.manifest import audio_checksum
 
     out = []
     for r in rows:
@@ -100,8 +100,8 @@ def cli_env() -> dict:
 
 
 def run_cli_subprocess(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``python -m pipeline.cli <args>`` as a user runs ``emoflow <args>`` (a fresh interpreter)."""
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=cwd, env=cli_env(),
+    """``python -m pipeline.cli.main <args>`` as a user runs ``emoflow <args>`` (a fresh interpreter)."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *map(str, args)], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -109,7 +109,7 @@ def run_cli(args: list[str]):
     """The CLI in-process (typer's CliRunner): ``(exit_code, stdout, stderr, exception)``."""
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     res = CliRunner().invoke(app, [str(a) for a in args])
     exc = None if res.exception is None or isinstance(res.exception, SystemExit) else res.exception

@@ -28,8 +28,8 @@ def good_store(tmp_path_factory):
 
     Returns a dict: root (corpus folder), params, manifest (path), manifest_df, h5, sha (of the h5 bytes).
     """
-    from pipeline import stages
-    from pipeline.manifest import read_manifest
+    from pipeline.cli import stages
+    from pipeline.corpus.manifest import read_manifest
 
     root = tmp_path_factory.mktemp("good")
     write_corpus(root / "corpus")

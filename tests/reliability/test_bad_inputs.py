@@ -1,7 +1,7 @@
 """The bad-input matrix: every case either works as documented or stops with one clear error naming the file/key
 and what to do — and never loses or alters what is already stored.
 
-Most cases go through the real entry points (``pipeline.stages.manifest/extract``, the ``emoflow`` CLI in-process
+Most cases go through the real entry points (``pipeline.cli.stages.manifest/extract``, the ``emoflow`` CLI in-process
 via typer's runner, a few as real subprocesses). For every extraction case a good corpus is extracted first and
 the feature file's sha256 is compared after the failing run.
 """
@@ -33,9 +33,9 @@ from _rel import (
 from features import get_extractor
 from features.audio import AudioConfig, AudioError, load_audio
 from features.store import FeatureReader, verify
-from pipeline import stages
-from pipeline.extract import extract_features, source_checksums
-from pipeline.manifest import ManifestError, read_manifest, write_manifest
+from pipeline.cli import stages
+from pipeline.corpus.manifest import ManifestError, read_manifest, write_manifest
+from pipeline.extraction.extract import extract_features, source_checksums
 
 ACOUSTIC = ("logmel40", "fbank128", "mfcc13", "lld17")
 
@@ -429,7 +429,7 @@ def test_corpus_table_cases_through_the_manifest_stage(case, text, options, erro
 
 
 def test_missing_emoevaluation_folder_and_label_file(tmp_path):
-    from pipeline.corpora import build_manifest
+    from pipeline.corpus.corpora import build_manifest
 
     label_file = _mini_iemocap(tmp_path / "IEMOCAP_full_release")
     assert len(build_manifest("iemocap", tmp_path / "IEMOCAP_full_release")) == 2
@@ -442,7 +442,7 @@ def test_missing_emoevaluation_folder_and_label_file(tmp_path):
 
 
 def test_malformed_emoevaluation_line_names_file_and_line(tmp_path):
-    from pipeline.corpora import build_manifest
+    from pipeline.corpus.corpora import build_manifest
 
     label_file = _mini_iemocap(tmp_path / "IEMOCAP_full_release")
     label_file.write_text(label_file.read_text() + "[3.0 - oops]\tSes01F_impro01_F001\tneu\n")
@@ -451,7 +451,7 @@ def test_malformed_emoevaluation_line_names_file_and_line(tmp_path):
 
 
 def test_iemocap_codes_outside_the_label_map_are_dropped_as_documented(tmp_path):
-    from pipeline.corpora import build_manifest
+    from pipeline.corpus.corpora import build_manifest
 
     label_file = _mini_iemocap(tmp_path / "IEMOCAP_full_release")
     label_file.write_text(label_file.read_text().replace("\tang\t", "\tfru\t"))  # fru is not in 4class
@@ -553,7 +553,7 @@ def test_train_stage_fails_fast_with_one_line_before_starting_prefect(case, good
 
     # import prefect (via the flows module) outside the CLI runner: Prefect's log handler keeps the stderr it
     # first sees, and the runner closes its captured stderr afterwards (later flow tests would log to it)
-    import pipeline.flows  # noqa: F401
+    import pipeline.orchestration.flows  # noqa: F401
 
     model = "ilt2" if case == "unknown_model" else "ilt"
     (tmp_path / "folds").mkdir()

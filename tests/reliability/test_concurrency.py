@@ -16,8 +16,8 @@ from _rel import ROOT, assert_one_line_error, manifest_rows, run_cli, sha256_fil
 
 from features import get_extractor
 from features.store import FeatureReader, FeatureWriter, FileMeta, StoreLockedError, verify
-from pipeline.extract import extract_features, source_checksums
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.corpus.manifest import read_manifest, write_manifest
+from pipeline.extraction.extract import extract_features, source_checksums
 
 HERE = Path(__file__).resolve().parent
 
@@ -107,8 +107,8 @@ _WRITER_SCRIPT = """
 import sys
 sys.path[:0] = [{root!r}, {here!r}]
 import _rel
-from pipeline.extract import extract_features
-from pipeline.manifest import read_manifest
+from pipeline.extraction.extract import extract_features
+from pipeline.corpus.manifest import read_manifest
 ex = _rel.counting_logmel({count!r}, sleep=0.4)  # a 3 s window for the checks, even on a loaded box
 r = extract_features(ex, read_manifest({manifest!r}), {out!r}, audio_root={audio!r}, jobs=1, batch_size=2,
                      progress=False)
@@ -209,8 +209,8 @@ _STAGE_SCRIPT = """
 import os, sys, time
 sys.path[:0] = [{root!r}, {here!r}]
 import _rel
-from pipeline.extract import extract_features
-from pipeline.manifest import read_manifest
+from pipeline.extraction.extract import extract_features
+from pipeline.corpus.manifest import read_manifest
 ex = _rel.counting_logmel("calls.txt")
 compute, t0 = ex.extract, time.time()
 

@@ -113,7 +113,7 @@ def test_training_on_flipped_bytes_stops_before_fold_1_with_one_line(prefect_har
     exit 2; no fold result, checkpoint or metrics file is written."""
     import typer
 
-    from pipeline.cli import _run
+    from pipeline.cli.main import _run
 
     cv = synthetic_cv()
     h5 = cv["features_dir"] / "logmel40.h5"

@@ -9,7 +9,7 @@ from _rel import manifest_rows, sha256_file, tone, write_wav
 
 from features import get_extractor
 from features.store import FeatureReader, verify
-from pipeline.extract import extract_features, source_checksums
+from pipeline.extraction.extract import extract_features, source_checksums
 
 TRANSCRIPTS = ["Excuse me, do you have your forms?", "", "Café naïve — don’t [LAUGHTER]", "?!", "Oh, that's great!"]
 
@@ -92,7 +92,7 @@ FAST = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threa
 
 def test_two_cpu_training_runs_with_one_seed_are_identical(synthetic_cv):
     from models import tiny_config
-    from pipeline.train import train_fold
+    from pipeline.training.train import train_fold
 
     cv = synthetic_cv()
 
@@ -112,7 +112,7 @@ def test_two_cross_validation_flow_runs_with_one_seed_give_identical_metrics(pre
     import pandas as pd
 
     from models import tiny_config
-    from pipeline.flows import run_cross_validation
+    from pipeline.orchestration.flows import run_cross_validation
 
     cv = synthetic_cv()
     out = []

@@ -1,4 +1,4 @@
-"""A full disk, for real: the extract stage runs as a user runs it (``python -m pipeline.cli stage extract``) in a
+"""A full disk, for real: the extract stage runs as a user runs it (``python -m pipeline.cli.main stage extract``) in a
 child process whose file-size limit (RLIMIT_FSIZE, what ``ulimit -f`` sets) is below the size of a shard or of the
 merged file. SIGXFSZ is ignored in the child, so a write past the limit fails with EFBIG exactly as a full
 filesystem fails with ENOSPC: the kernel refuses the write, nothing is mocked.
@@ -30,9 +30,9 @@ from _rel import (
 
 from features import get_extractor
 from features.store import FeatureReader, verify
-from pipeline import stages
-from pipeline.extract import disk_space_warning, estimate_output_bytes, extract_features
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.cli import stages
+from pipeline.corpus.manifest import read_manifest, write_manifest
+from pipeline.extraction.extract import disk_space_warning, estimate_output_bytes, extract_features
 
 N_UTTS, N_OLD = 10, 4
 # logmel40 of 1 s: 101 frames x 40 x 4 B = 16 KB. A shard (batch 2) is ~36 KB, the merged file ~170 KB.
@@ -80,7 +80,7 @@ def _limit(nbytes: int):
 
 
 def _cli(args, cwd: Path, limit: int | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=cwd, env=cli_env(),
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli.main", *map(str, args)], cwd=cwd, env=cli_env(),
                        capture_output=True, text=True, timeout=120, preexec_fn=_limit(limit) if limit else None)
     if check:
         assert p.returncode == 0, p.stderr
@@ -133,8 +133,8 @@ import sys, signal, resource
 sys.path[:0] = [{str(ROOT)!r}]
 from features import get_extractor
 from features.errors import DiskFullError, EmoflowError
-from pipeline.extract import extract_features
-from pipeline.manifest import read_manifest
+from pipeline.extraction.extract import extract_features
+from pipeline.corpus.manifest import read_manifest
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, ({SHARD_LIMIT}, {SHARD_LIMIT}))
 try:
@@ -177,8 +177,8 @@ _RESULTS_CHILD = """
 import signal, resource, sys
 sys.path[:0] = [{root!r}]
 import numpy as np, pandas as pd, typer
-from pipeline.cli import _run
-from pipeline.flows import write_results
+from pipeline.cli.main import _run
+from pipeline.orchestration.flows import write_results
 
 def result(wa):
     s = {{"mean": wa, "std": 1.0, "pooled": wa}}

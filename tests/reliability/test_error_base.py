@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from features.errors import ConfigError, EmoflowError, disk_full_error
-from pipeline.cli import _run
+from pipeline.cli.main import _run
 
 CLASSES = [
     ("features.audio", "AudioError", ValueError),
@@ -19,19 +19,19 @@ CLASSES = [
     ("features.store", "StoreError", RuntimeError),
     ("features.store", "StoreLockedError", RuntimeError),
     ("features.store", "MissingUtteranceError", KeyError),
-    ("pipeline.params", "ParamsError", ValueError),
-    ("pipeline.extract", "ExtractionError", RuntimeError),
-    ("pipeline.folds", "FoldError", ValueError),
-    ("pipeline.flows", "FlowError", RuntimeError),
-    ("pipeline.transcribe", "TranscribeError", ValueError),
-    ("pipeline.transcribe", "AsrModelError", ValueError),
-    ("pipeline.data", "DataError", ValueError),
-    ("pipeline.remote", "RemoteError", ValueError),
-    ("pipeline.server", "ServerError", RuntimeError),
-    ("pipeline.manifest", "ManifestError", ValueError),
-    ("pipeline.manifest", "MissingAudioError", FileNotFoundError),
-    ("pipeline.train", "TrainError", RuntimeError),
-    ("pipeline.compare", "CompareError", ValueError),
+    ("pipeline.core.params", "ParamsError", ValueError),
+    ("pipeline.extraction.extract", "ExtractionError", RuntimeError),
+    ("pipeline.corpus.folds", "FoldError", ValueError),
+    ("pipeline.orchestration.flows", "FlowError", RuntimeError),
+    ("pipeline.extraction.transcribe", "TranscribeError", ValueError),
+    ("pipeline.extraction.transcribe", "AsrModelError", ValueError),
+    ("pipeline.training.data", "DataError", ValueError),
+    ("pipeline.team.remote", "RemoteError", ValueError),
+    ("pipeline.orchestration.server", "ServerError", RuntimeError),
+    ("pipeline.corpus.manifest", "ManifestError", ValueError),
+    ("pipeline.corpus.manifest", "MissingAudioError", FileNotFoundError),
+    ("pipeline.training.train", "TrainError", RuntimeError),
+    ("pipeline.orchestration.compare", "CompareError", ValueError),
 ]
 
 

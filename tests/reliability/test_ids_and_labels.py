@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from _rel import assert_one_line_error, run_cli, write_corpus, write_params
 
-from pipeline.manifest import similar_labels
+from pipeline.corpus.manifest import similar_labels
 
 
 def _edit_corpus(csv, row: int, column: str, value: str) -> None:

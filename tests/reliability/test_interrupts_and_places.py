@@ -29,8 +29,8 @@ from _rel import (
 )
 
 from features import get_extractor
-from pipeline.extract import extract_features
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.corpus.manifest import read_manifest, write_manifest
+from pipeline.extraction.extract import extract_features
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,9 +45,9 @@ _EXTRACT = """
 import sys
 sys.path[:0] = [{root!r}, {here!r}]
 import typer, _rel
-from pipeline.cli import _run
-from pipeline.extract import extract_features
-from pipeline.manifest import read_manifest
+from pipeline.cli.main import _run
+from pipeline.extraction.extract import extract_features
+from pipeline.corpus.manifest import read_manifest
 ex = _rel.counting_logmel({count!r}, sleep=0.15)
 try:
     _run(extract_features, ex, read_manifest({manifest!r}), {out!r}, audio_root={audio!r}, jobs=1,
@@ -102,7 +102,7 @@ import sys, signal, resource, hashlib, torch
 sys.path[:0] = [{root!r}]
 from pathlib import Path
 from features.errors import DiskFullError
-from pipeline.train import load_checkpoint, save_checkpoint
+from pipeline.training.train import load_checkpoint, save_checkpoint
 torch.manual_seed(0)
 model = torch.nn.Linear(300, 300)
 opt = torch.optim.Adam(model.parameters())
@@ -179,7 +179,7 @@ def test_sigterm_during_training_is_one_line_and_the_rerun_resumes(prefect_harne
     from prefect.settings import PREFECT_API_URL
 
     from models import tiny_config
-    from pipeline.flows import run_cross_validation
+    from pipeline.orchestration.flows import run_cross_validation
 
     cv = synthetic_cv()
     storage = tmp_path / "storage"
@@ -189,7 +189,7 @@ def test_sigterm_during_training_is_one_line_and_the_rerun_resumes(prefect_harne
     params.write_text(yaml.safe_dump({"dataset": {"name": "demo"}, "models": {"ilt": tiny_config("ilt")},
                                       "train": {**train, "storage_dir": str(storage), "runs_dir": str(tmp_path)}}))
     env = dict(cli_env(), PREFECT_API_URL=str(PREFECT_API_URL.value()))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "stage", "train", "--model", "ilt", "--manifest",
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "stage", "train", "--model", "ilt", "--manifest",
                              str(cv["manifest_path"]), "--folds-dir", str(cv["folds_dir"]), "--features-dir",
                              str(cv["features_dir"]), "--out", str(tmp_path / "results"), "--params", str(params)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -23,8 +23,8 @@ from _rel import ROOT, counting_logmel, run_cli, sha256_file, tone_manifest
 
 from features import get_extractor
 from features.store import FeatureReader, verify
-from pipeline.extract import extract_features, source_checksums
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.corpus.manifest import read_manifest, write_manifest
+from pipeline.extraction.extract import extract_features, source_checksums
 
 HERE = Path(__file__).resolve().parent
 N_UTTS, N_OLD, BATCH = 12, 4, 2
@@ -33,8 +33,8 @@ _SCRIPT = """
 import os, sys
 sys.path[:0] = [{root!r}, {here!r}]
 import _rel
-from pipeline.extract import extract_features
-from pipeline.manifest import read_manifest
+from pipeline.extraction.extract import extract_features
+from pipeline.corpus.manifest import read_manifest
 mode, arg = {mode!r}, {arg!r}
 if mode == "shard_rename":
     _rel.kill_on_replace(".parts/", nth=arg)
@@ -196,17 +196,17 @@ _CV_SCRIPT = """
 import sys, time, torch
 torch.set_num_threads(1)
 sys.path[:0] = [{root!r}]
-import pipeline.train
+import pipeline.training.train
 from models import tiny_config
-from pipeline.flows import run_cross_validation
+from pipeline.orchestration.flows import run_cross_validation
 
-_real = pipeline.train.train_fold
+_real = pipeline.training.train.train_fold
 def slow_fold1(model, fold, **kw):  # fold 1 pauses after each epoch: a wide window to be killed in
     if fold == 1:
         log = kw.get("log") or (lambda s: None)
         kw["log"] = lambda s: (log(s), time.sleep(1.0))
     return _real(model, fold, **kw)
-pipeline.train.train_fold = slow_fold1
+pipeline.training.train.train_fold = slow_fold1
 run_cross_validation("ilt", manifest_path={manifest!r}, folds_dir={folds!r}, features_dir={features!r},
                      results_dir={results!r}, storage_dir={storage!r}, runs_dir={runs!r},
                      params={{"models": {{"ilt": tiny_config("ilt")}}, "train": {train!r}, "dataset": {{"name": "demo"}}}})
@@ -231,7 +231,7 @@ def test_cross_validation_killed_mid_fold_reuses_finished_folds(prefect_harness,
     from prefect.settings import PREFECT_API_URL
 
     from models import tiny_config
-    from pipeline.flows import run_cross_validation
+    from pipeline.orchestration.flows import run_cross_validation
 
     cv = synthetic_cv()
     storage = tmp_path / "storage"

@@ -23,7 +23,7 @@ SOURCES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 #: ``torch.save`` calls that are allowed, with why: (file, the saved expression's source)
 TORCH_SAVE_ALLOWED = {
     # optimizer/scheduler/RNG state for resuming (weights go to last.safetensors); read with weights_only=True
-    ("pipeline/train.py", "payload"),
+    ("pipeline/training/train.py", "payload"),
     # torchopenl3's own weights format (.pth.tar state dict of tensors); read with weights_only=True
     ("features/demo_models.py", "model.state_dict()"),
 }
@@ -60,7 +60,7 @@ def test_every_torch_load_is_weights_only(trees):
                 found.append(rel)
                 assert _is_true(_kw(call, "weights_only")), (
                     f"{rel}:{call.lineno}: {fn}(...) without weights_only=True unpickles arbitrary code")
-    assert "pipeline/train.py" in found  # the check did look at the checkpoint loader
+    assert "pipeline/training/train.py" in found  # the check did look at the checkpoint loader
 
 
 def test_no_pickle_based_loading_of_user_data(trees):
@@ -97,7 +97,7 @@ def test_checkpoints_are_safetensors_and_other_saves_are_allow_listed(trees):
     assert set(saves) <= TORCH_SAVE_ALLOWED
     # the training checkpoints themselves: weights through safetensors' save_file, loaded with load_file
     src = (ROOT / "pipeline" / "train.py").read_text()
-    tree = trees["pipeline/train.py"]
+    tree = trees["pipeline/training/train.py"]
     names = {fn for _, fn in _calls(tree)}
     assert {"save_file", "load_file"} <= names
     assert "last.safetensors" in src and "best.safetensors" in src
@@ -108,7 +108,7 @@ def test_the_saved_training_state_really_loads_with_weights_only(synthetic_cv, t
     import torch
 
     from models import tiny_config
-    from pipeline.train import train_fold
+    from pipeline.training.train import train_fold
 
     cv = synthetic_cv()
     train_fold("ilt", 0, manifest=cv["manifest"], folds=cv["folds"], features_dir=cv["features_dir"],
@@ -142,13 +142,13 @@ def test_persisted_prefect_results_are_json_not_pickle(trees):
 
 
 def test_servers_bind_to_localhost_unless_told_otherwise(monkeypatch):
-    from pipeline import server
+    from pipeline.orchestration import server
 
     assert server.DEFAULT_HOST == "127.0.0.1"
     assert inspect.signature(server.start_server).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(server.server_env).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(server.api_url).parameters["host"].default == "127.0.0.1"
-    from pipeline import cli_team
+    from pipeline.cli import team as cli_team
 
     assert inspect.signature(cli_team.cli_server).parameters["host"].default == "127.0.0.1"
     from _rel import run_cli

@@ -22,17 +22,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from features.errors import EmoflowError
 from features.store import data_crc32
-from pipeline.train import LoopState, TrainError, fit_epoch
+from pipeline.training.train import LoopState, TrainError, fit_epoch
 
 
 def train_stage(cv, tmp_path, **train):
-    """The train stage exactly as ``emoflow stage train`` calls it (``pipeline.cli._run`` around
+    """The train stage exactly as ``emoflow stage train`` calls it (``pipeline.cli.main._run`` around
     ``stages.train``), minus typer's CliRunner: Prefect's background log threads write to the stderr of the
     moment and CliRunner closes its stream when a command returns. What ``_run`` prints for an
     ``EmoflowError`` (one line, exit 2) is tested in test_error_base.py; this checks that the error reaching it
     through the flow is the fold's own TrainError/StoreError, not a Prefect wrapper."""
     from models import tiny_config
-    from pipeline import stages
+    from pipeline.cli import stages
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({

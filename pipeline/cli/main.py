@@ -1,7 +1,7 @@
 """``emoflow`` command line: a thin layer that turns options into one library call each.
 
-The CLI layer is this module, :mod:`pipeline.cli_team` (remote/pull/push/server/serve) and
-:mod:`pipeline.predict_cli` (predict/export): the only modules that import typer (tests/pipeline/test_layering.py).
+The CLI layer is this module, :mod:`pipeline.cli.team` (remote/pull/push/server/serve) and
+:mod:`pipeline.cli.predict` (predict/export): the only modules that import typer (tests/pipeline/test_layering.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 
-from pipeline import stages
+from pipeline.cli import stages
 
 app = typer.Typer(help="emoflow: versioned SER features (DVC + HDF5) and reproducible training (Prefect).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -231,8 +231,8 @@ def features_verify(name: str, directory: Path = FEATURES_DIR,
     """Check structure, checksums against the manifest, and NaN/inf. Recomputes nothing."""
     from features import extractor_class
     from features.store import FeatureReader, verify
-    from pipeline.extract import source_checksums
-    from pipeline.manifest import read_manifest
+    from pipeline.corpus.manifest import read_manifest
+    from pipeline.extraction.extract import source_checksums
 
     path = Path(name) if name.endswith(".h5") else directory / f"{name}.h5"
     expected = None
@@ -271,9 +271,9 @@ def models_ls(as_json: bool = typer.Option(False, "--json")):
     typer.echo("(parameter counts at the papers' sizes: models.<name> in params.yaml may make them smaller)")
 
 
-# --- team sharing and the Prefect server (pipeline/cli_team.py holds the commands) --------------------------
+# --- team sharing and the Prefect server (pipeline/cli/team.py holds the commands) --------------------------
 def _mount_team_commands() -> None:
-    from pipeline import cli_team
+    from pipeline.cli import team as cli_team
 
     cli_team.mount(app)
 
@@ -281,9 +281,9 @@ def _mount_team_commands() -> None:
 _mount_team_commands()
 
 
-# --- using a trained model (pipeline/predict_cli.py holds the commands) -------------------------------------
+# --- using a trained model (pipeline/cli/predict.py holds the commands) -------------------------------------
 def _mount_predict_commands() -> None:
-    from pipeline import predict_cli
+    from pipeline.cli import predict as predict_cli
 
     app.command("predict", help="Predict emotions of new audio files with a trained model.")(predict_cli.cli_predict)
     app.command("export", help="Export a trained model as a self-contained directory.")(predict_cli.cli_export)
@@ -292,7 +292,7 @@ def _mount_predict_commands() -> None:
 _mount_predict_commands()
 
 
-# --- statistical comparison (pipeline/compare.py) ----------------------------------------------------------
+# --- statistical comparison (pipeline/orchestration/compare.py) ----------------------------------------------------------
 @app.command("compare")
 def compare(a: str = typer.Argument(..., help="a model under --results, or a directory with predictions.parquet; "
                                               "MODEL@REV: at a git revision or DVC experiment (`dvc exp show`)"),
@@ -303,7 +303,7 @@ def compare(a: str = typer.Argument(..., help="a model under --results, or a dir
             n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples"),
             seed: int = typer.Option(0, "--seed"), as_json: bool = typer.Option(False, "--json")):
     """Is A really better than B? UA intervals, paired bootstrap of the UA difference, McNemar on accuracy."""
-    from pipeline.compare import CompareError, compare_runs
+    from pipeline.orchestration.compare import CompareError, compare_runs
 
     try:
         c, text = compare_runs(a, b, results, n_boot, seed, rev_a=rev_a, rev_b=rev_b)

@@ -41,8 +41,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.corpora import _ADAPTERS, _rel, build_manifest, register_adapter
-from pipeline.manifest import ManifestError
+from pipeline.corpus.corpora import _ADAPTERS, _rel, build_manifest, register_adapter
+from pipeline.corpus.manifest import ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def combined_adapter(root: Path, *, corpora: Sequence[Mapping[str, Any]] = (), c
                      jobs: int = 1, missing_audio: str = "error") -> pd.DataFrame:
     """Several corpora as one manifest (see the module doc). ``jobs`` and ``missing_audio`` are passed to each
     corpus' adapter unless its own ``options`` set them."""
-    from pipeline.extract import audio_root_of
+    from pipeline.corpus.manifest import audio_root_of
 
     entries = parse_corpora(corpora)
     if not classes or isinstance(classes, str):

@@ -750,7 +750,7 @@ def generate_demo_corpus(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipeline.demo_corpus OUT_DIR [--seed N ...]`` (the pipeline CLI wraps the same function)."""
+    """``python -m pipeline.corpus.demo_corpus OUT_DIR [--seed N ...]`` (the pipeline CLI wraps the same function)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
     for f in fields(DemoCorpusConfig):

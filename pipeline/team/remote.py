@@ -15,7 +15,7 @@ password, access keys, profile) are written only to ``.dvc/config.local``, which
 audits the committed file.
 
 Every function returns values and raises :class:`RemoteError` with a message that says what to do; the
-``emoflow remote/pull/push`` commands that call them live in :mod:`pipeline.cli_team`.
+``emoflow remote/pull/push`` commands that call them live in :mod:`pipeline.cli.team`.
 """
 
 from __future__ import annotations
@@ -470,7 +470,7 @@ def targets_for_model(model: str, *, repo: str | Path = ".", params_path: str | 
     """The DVC targets that hold what ``model`` needs to train: ``manifest``, ``folds@<plan>``,
     ``extract@<feature>`` per input feature; ``train@<model>`` too with ``with_results``; the stage that
     generates the corpus (the demo's ``demo_data``) with ``with_audio`` (training never reads audio)."""
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
 
     params = load_params(Path(repo) / params_path)
     features, plan = model_features(model, params)

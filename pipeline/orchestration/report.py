@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.results import load_result
+from pipeline.orchestration.results import load_result
 
 
 def _pm(stat: dict[str, Any] | None) -> str:
@@ -138,8 +138,8 @@ def write_report(results_dir: str | Path, out_md: str | Path) -> Path:
     """Write the report for every model under ``results_dir`` to ``out_md`` (atomic); returns its path."""
     results = load_results(results_dir)
     text = render_report(results) if results else "# emoflow results\n\nNo results yet: run `dvc repro`.\n"
-    if results:  # intervals and pairwise verdicts from the pooled test predictions (pipeline/compare.py)
-        from pipeline.compare import significance_markdown
+    if results:  # intervals and pairwise verdicts from the pooled test predictions (pipeline/orchestration/compare.py)
+        from pipeline.orchestration.compare import significance_markdown
 
         text += significance_markdown(results_dir)
     out = Path(out_md)

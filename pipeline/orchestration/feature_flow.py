@@ -1,9 +1,9 @@
 """Prefect flow ``extract``: one feature set into the HDF5 store, startable from the Prefect UI.
 
-A thin wrapper over :func:`pipeline.extract.extract_feature` (the library call the DVC stage makes too), or over
+A thin wrapper over :func:`pipeline.extraction.extract.extract_feature` (the library call the DVC stage makes too), or over
 ``dvc repro extract@<feature>`` with ``use_dvc=True`` so that ``dvc.lock`` records the result and
 ``emoflow push`` can share it. Served as deployments ``extract/<feature>`` by ``emoflow serve``
-(:func:`pipeline.server.serve_deployments`).
+(:func:`pipeline.orchestration.server.serve_deployments`).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def extract_flow(
         if proc.returncode != 0:
             raise RuntimeError(f"dvc repro extract@{feature} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     else:
-        from pipeline.extract import extract_feature
-        from pipeline.params import load_params
+        from pipeline.core.params import load_params
+        from pipeline.extraction.extract import extract_feature
 
         extract_feature(load_params(params_path), feature, manifest_path, out, jobs=jobs, progress=False)
     from features.store import info

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 SCORES = ("wa", "ua", "macro_f1")
-#: per-dimension scores of dimensional runs (pipeline/metrics.py DIM_SCORES), keyed score → dimension
+#: per-dimension scores of dimensional runs (pipeline/training/metrics.py DIM_SCORES), keyed score → dimension
 DIM_SCORES = ("ccc", "pearson", "mae")
 #: short names in metrics.json: DVC's table is as wide as the sum of the flattened key names
 FILE_NAMES = {"wa": "wa", "ua": "ua", "macro_f1": "f1"}

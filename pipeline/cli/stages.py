@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import ParamsError, expect, load_params, section
+from pipeline.core.params import ParamsError, expect, load_params, section
 
 log = logging.getLogger("emoflow.stages")
 
@@ -21,7 +21,7 @@ def demo_data(params_path: str | Path, out: str | Path, models_out: str | Path |
     """Generate the synthetic demo corpus (and the tiny random-weight encoders the demo uses offline)."""
     import dataclasses
 
-    from pipeline.demo_corpus import DemoCorpusConfig, generate_demo_corpus
+    from pipeline.corpus.demo_corpus import DemoCorpusConfig, generate_demo_corpus
 
     params = load_params(params_path)
     raw = dict(section(params, "demo", default={}) or {})
@@ -46,10 +46,10 @@ def demo_data(params_path: str | Path, out: str | Path, models_out: str | Path |
 def manifest(params_path: str | Path, out: str | Path, asr_cache: str | Path | None = None, *,
              progress: bool = True):
     """Build the manifest; with ``dataset.transcripts: asr`` also transcribe it (cached in ``asr_cache``).
-    Returns the :class:`pipeline.transcribe.TranscribeResult` (None with ``transcripts: gold``)."""
-    from pipeline.corpora import build_manifest
-    from pipeline.manifest import write_manifest
-    from pipeline.transcribe import ensure_asr_cache, transcribe_manifest, transcript_settings
+    Returns the :class:`pipeline.extraction.transcribe.TranscribeResult` (None with ``transcripts: gold``)."""
+    from pipeline.corpus.corpora import build_manifest
+    from pipeline.corpus.manifest import write_manifest
+    from pipeline.extraction.transcribe import ensure_asr_cache, transcribe_manifest, transcript_settings
 
     params = load_params(params_path)
     ds = section(params, "dataset")
@@ -77,8 +77,8 @@ def manifest(params_path: str | Path, out: str | Path, asr_cache: str | Path | N
 
 
 def folds(params_path: str | Path, plan: str, manifest_path: str | Path, out: str | Path) -> None:
-    from pipeline.folds import make_folds, write_folds
-    from pipeline.manifest import read_manifest
+    from pipeline.corpus.folds import make_folds, write_folds
+    from pipeline.corpus.manifest import read_manifest
 
     params = load_params(params_path)
     cfg = section(params, "folds")
@@ -101,7 +101,7 @@ def extract(
     device: str | None = None,
     progress: bool = True,
 ) -> None:
-    from pipeline.extract import extract_feature
+    from pipeline.extraction.extract import extract_feature
 
     res, extractor = extract_feature(load_params(params_path), feature, manifest_path, out, jobs=jobs,
                                      device=device, progress=progress)
@@ -119,7 +119,7 @@ def train(
     out: str | Path,
     **overrides: Any,
 ) -> dict:
-    from pipeline.flows import run_cross_validation
+    from pipeline.orchestration.flows import run_cross_validation
 
     params = load_params(params_path)
     if not _train_stages_fresh(params_path):
@@ -150,9 +150,9 @@ def _train_stages_fresh(params_path: str | Path) -> bool:
 
 
 def dvc_yaml(params_path: str | Path, dvc_file: str | Path = "dvc.yaml", *, check: bool = False) -> bool:
-    """Regenerate ``dvc_file``'s train stages from ``params_path`` (see pipeline/dvc_stages.py); with ``check``
+    """Regenerate ``dvc_file``'s train stages from ``params_path`` (see pipeline/orchestration/dvc_stages.py); with ``check``
     only compare. Returns whether the file was already up to date."""
-    from pipeline.dvc_stages import update_dvc_yaml
+    from pipeline.orchestration.dvc_stages import update_dvc_yaml
 
     path = Path(dvc_file)
     text = path.read_text()
@@ -166,7 +166,7 @@ def dvc_yaml(params_path: str | Path, dvc_file: str | Path = "dvc.yaml", *, chec
 
 
 def report(params_path: str | Path, results_dir: str | Path, out: str | Path) -> None:
-    from pipeline.report import write_report
+    from pipeline.orchestration.report import write_report
 
     write_report(results_dir, out)
     _say(f"report → {out}")

@@ -1,8 +1,8 @@
-"""Corpus adapters: a corpus on disk → a validated manifest (see :mod:`pipeline.manifest`).
+"""Corpus adapters: a corpus on disk → a validated manifest (see :mod:`pipeline.corpus.manifest`).
 
 ``build_manifest(dataset, root, **options)`` dispatches by name to a registered adapter:
 
-* ``demo``     — the generated demo corpus (``<root>/metadata.csv``, see ``pipeline/demo_corpus.py``);
+* ``demo``     — the generated demo corpus (``<root>/metadata.csv``, see ``pipeline/corpus/demo_corpus.py``);
 * ``iemocap``  — a real ``IEMOCAP_full_release`` folder (layout in specs/datasets.md);
 * ``manifest`` — any corpus described by a CSV/Parquet file with at least ``path,label``.
 
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from pipeline.dimensional import VAD_COLUMNS, parse_iemocap_vad
-from pipeline.manifest import (
+from pipeline.corpus.dimensional import VAD_COLUMNS, parse_iemocap_vad
+from pipeline.corpus.manifest import (
     REQUIRED_COLUMNS,
     ManifestError,
     MissingAudioError,
@@ -357,7 +357,7 @@ def demo_adapter(root: Path, *, missing_audio: str = "error", jobs: int = 1) -> 
     if not file.is_file():
         raise ManifestError(
             f"{file}: demo corpus metadata not found; generate the demo corpus into {root} first "
-            "(pipeline/demo_corpus.py, the `demo` stage)"
+            "(pipeline/corpus/demo_corpus.py, the `demo` stage)"
         )
     return _table_to_manifest(
         _read_table(file), file, root, required=DEMO_COLUMNS, label_map=None, unknown_label="error",
@@ -508,10 +508,10 @@ def iemocap_adapter(
         warnings.warn(msg, CorpusCountWarning, stacklevel=2)
         log.warning(msg)
     # dialog times are kept as extra columns (the sentence wavs themselves are whole utterances), and so are the
-    # evaluators' mean valence/arousal/dominance (pipeline/dimensional.py)
+    # evaluators' mean valence/arousal/dominance (pipeline/corpus/dimensional.py)
     return df[list(REQUIRED_COLUMNS) + ["dialog_start", "dialog_end", *VAD_COLUMNS]]
 
 
-# several corpora in one manifest (cross-corpus plans): pipeline/combined.py registers the `combined` adapter; it
+# several corpora in one manifest (cross-corpus plans): pipeline/corpus/combined.py registers the `combined` adapter; it
 # builds on the adapters above, so it is imported last
-from pipeline import combined as _combined  # noqa: E402,F401
+from pipeline.corpus import combined as _combined  # noqa: E402,F401

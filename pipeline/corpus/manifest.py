@@ -335,3 +335,10 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     out = validate_manifest(df, source=path)
     out.attrs = attrs
     return out
+
+
+def audio_root_of(root: str | Path) -> Path:
+    """The folder a manifest's relative paths start from: ``dataset.root``, or its folder when the root is the
+    corpus table itself (the ``manifest`` adapter)."""
+    root = Path(root)
+    return root.parent if root.is_file() else root

@@ -3,13 +3,13 @@
 1. :func:`collect_inputs`: files, folders (searched recursively for audio) or a table with a ``path`` column
    (optional ``utt_id``, ``transcript``, ``start``, ``end``) → one row per utterance.
 2. :func:`extract_inputs`: every feature set the model reads, computed with the extractor config and audio
-   settings recorded in the training run (:class:`pipeline.bundle.FeatureSpec`) through the same
-   :func:`pipeline.extract.extract_features` the DVC stage runs, into a feature store of its own
+   settings recorded in the training run (:class:`pipeline.training.bundle.FeatureSpec`) through the same
+   :func:`pipeline.extraction.extract.extract_features` the DVC stage runs, into a feature store of its own
    (``<store>/<feature>-<config hash>.h5``: a second call on the same files computes nothing, and two models
    with different configs of one feature never overwrite each other's file).
 3. :func:`fold_probabilities`: the training path itself — ``make_views`` (``fixed_frames`` crop/pad,
    ``max_len``), ``make_segmenting`` (segment voting), ``FeatureDataset`` with the fold's saved normaliser,
-   ``Collate`` and :func:`pipeline.train.evaluate` — so long audio is cut, padded or windowed as in training.
+   ``Collate`` and :func:`pipeline.training.train.evaluate` — so long audio is cut, padded or windowed as in training.
 4. :func:`predict`: the fold ensemble (mean of the folds' probabilities) or one fold, as a table.
 """
 
@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.bundle import PredictError, Predictor
+from pipeline.training.bundle import PredictError, Predictor
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 #: peak below this (−80 dBFS) is treated as silence: predicted, with a warning
@@ -101,9 +101,9 @@ def probe_audio(inputs: pd.DataFrame, audio: dict) -> pd.DataFrame:
 
 
 def _store_table(inputs: pd.DataFrame) -> pd.DataFrame:
-    """The inputs as a manifest for :func:`pipeline.extract.extract_features`, with content ids (audio checksum +
+    """The inputs as a manifest for :func:`pipeline.extraction.extract.extract_features`, with content ids (audio checksum +
     transcript): the same file maps to the same store entry on every call, whatever its name."""
-    from pipeline.manifest import audio_checksum
+    from pipeline.corpus.manifest import audio_checksum
 
     shas = [audio_checksum(r["path"], r["start"], r["end"]) for r in inputs.to_dict("records")]
     text = inputs["transcript"].fillna("").astype(str)
@@ -112,9 +112,9 @@ def _store_table(inputs: pd.DataFrame) -> pd.DataFrame:
 
 
 def transcribe_missing(inputs: pd.DataFrame, cache_path: str | Path, *, progress: bool = False) -> pd.DataFrame:
-    """Rows without a transcript get Whisper's (:func:`pipeline.transcribe.transcribe_manifest`, the offline default
+    """Rows without a transcript get Whisper's (:func:`pipeline.extraction.transcribe.transcribe_manifest`, the offline default
     model, cached by audio checksum in ``cache_path``); given transcripts are kept."""
-    from pipeline.transcribe import AsrConfig, transcribe_manifest
+    from pipeline.extraction.transcribe import AsrConfig, transcribe_manifest
 
     todo = inputs["transcript"].isna().to_numpy()
     if not todo.any():
@@ -138,7 +138,7 @@ def extract_inputs(p: Predictor, inputs: pd.DataFrame, store_dir: str | Path, *,
     from features.audio import AudioConfig
     from features.base import get_extractor
     from features.store import FeatureReader
-    from pipeline.extract import extract_features
+    from pipeline.extraction.extract import extract_features
 
     if p.needs_text and inputs["transcript"].isna().any():
         bad = inputs.loc[inputs["transcript"].isna(), "file"].tolist()
@@ -166,13 +166,19 @@ def extract_inputs(p: Predictor, inputs: pd.DataFrame, store_dir: str | Path, *,
 def fold_outputs(p: Predictor, fold: int, readers: dict, utt_ids: list[str], *, batch_size: int = 32,
                  device: str = "cpu") -> np.ndarray:
     """One fold's outputs ``(len(utt_ids), C + K)``, through the training data path and
-    :func:`pipeline.train.evaluate`: class probabilities (none for ``task: regression``), then the predicted
+    :func:`pipeline.training.train.evaluate`: class probabilities (none for ``task: regression``), then the predicted
     dimensional targets ``p.targets`` (regression/multitask); an utterance too short to give a segment is a NaN
     row. The model is rebuilt with the head training gave it (:func:`models.registry.set_task_head`)."""
     from models import create_model, get_model_info
     from models.registry import set_task_head
-    from pipeline.data import Collate, FeatureDataset, feature_frame_shift, make_segmenting, make_views
-    from pipeline.train import _softmax, evaluate
+    from pipeline.training.data import (
+        Collate,
+        FeatureDataset,
+        feature_frame_shift,
+        make_segmenting,
+        make_views,
+    )
+    from pipeline.training.train import _softmax, evaluate
 
     if fold not in p.folds:
         raise PredictError(f"{p.source}: no fold {fold}; folds: {sorted(p.folds)}")
@@ -267,7 +273,7 @@ def _table(p: Predictor, probed: pd.DataFrame, outputs: np.ndarray, fold: int | 
 def load_predictor(model: str | None = None, *, bundle: str | Path | None = None, results_dir: str | Path = "results",
                    force: bool = False) -> Predictor:
     """A workspace run's fold ensemble (``model``) or an exported directory (``bundle``), checked for compatibility."""
-    from pipeline.bundle import load_bundle, load_run
+    from pipeline.training.bundle import load_bundle, load_run
 
     if (model is None) == (bundle is None):
         raise PredictError("give exactly one of --model NAME (a run in the workspace) or --from DIR (an export)")

@@ -46,7 +46,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from features.errors import EmoflowError, disk_full_error, is_disk_full
-from pipeline.data import (
+from pipeline.corpus.dimensional import target_array, target_columns
+from pipeline.training.data import (
     NORMALIZE_MODES,
     Collate,
     DataError,
@@ -64,8 +65,7 @@ from pipeline.data import (
     split_of_fold,
     stable_seed,
 )
-from pipeline.dimensional import target_array, target_columns
-from pipeline.metrics import compute_metrics, dimensional_metrics
+from pipeline.training.metrics import compute_metrics, dimensional_metrics
 
 #: train settings the loop reads, with their defaults (the model's ``train`` dict overrides these, and
 #: ``params.yaml`` overrides both; ``None`` in params means "keep the paper's value").
@@ -91,7 +91,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_threads": None,  # torch intra-op threads (None: leave torch's default)
     "cache_in_memory": False,  # keep read arrays in RAM across epochs (same numbers; small corpora)
     "seed": 0,
-    # input handling (see pipeline/data.py)
+    # input handling (see pipeline/training/data.py)
     "fixed_frames": None,
     "fixed_len": None,
     "max_len": None,

@@ -1,6 +1,6 @@
 """The training-code version: one sha256 over the files that decide what a trained fold computes.
 
-Kept apart from pipeline/flows.py (which re-exports it) so that `emoflow predict` can check a model's code version
+Kept apart from pipeline/orchestration/flows.py (which re-exports it) so that `emoflow predict` can check a model's code version
 without importing Prefect (seconds of a cold start).
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: source files whose content is part of every fold's cache key
-CODE_FILES = ("pipeline/data.py", "pipeline/train.py", "pipeline/metrics.py")
+CODE_FILES = ("pipeline/training/data.py", "pipeline/training/train.py", "pipeline/training/metrics.py")
 
 
 def code_version() -> str:

@@ -1,4 +1,4 @@
-"""``emoflow predict`` and ``emoflow export``: options → one library call each (pipeline/predict.py, bundle.py)."""
+"""``emoflow predict`` and ``emoflow export``: options → one library call each (pipeline/orchestration/predict.py, bundle.py)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def cli_predict(
     force: bool = FORCE,
 ):
     """Predict emotions of new audio with a trained model: per file the label and every class's probability."""
-    from pipeline.predict import format_table, predict_files, write_table
+    from pipeline.orchestration.predict import format_table, predict_files, write_table
 
     p, df = _one_line(predict_files, paths or [], model=model, bundle=bundle, results_dir=results,
                       manifest=manifest, transcript=transcript, force=force, fold=fold, store_dir=store,
@@ -57,7 +57,7 @@ def cli_export(
     force: bool = FORCE,
 ):
     """Export a trained model as a self-contained directory (`emoflow predict --from DIR` reads it)."""
-    from pipeline.bundle import export_predictor, load_run
+    from pipeline.training.bundle import export_predictor, load_run
 
     p = _one_line(load_run, model, results, force=force)
     path = _one_line(export_predictor, p, out)

@@ -2,7 +2,7 @@
 
 ``cross_validate(model, plan, ...)`` (a Prefect ``@flow``) runs one ``train_fold`` task per fold, then writes
 ``<results_dir>/<model>/{metrics.json, run.json, confusion.csv, confusion.png, predictions.parquet}`` (scores in
-metrics.json, provenance in run.json: pipeline/results.py) and the same under ``<runs_dir>/<model>/<time>-<flow
+metrics.json, provenance in run.json: pipeline/orchestration/results.py) and the same under ``<runs_dir>/<model>/<time>-<flow
 run id>/`` (one record per flow run: parameters, git revision, metrics), and publishes a
 metrics table and a confusion-matrix Markdown artifact. It runs with no server (Prefect's ephemeral API), or
 against a server when ``PREFECT_API_URL`` is set (``prefect server start``; runs then show in the UI).
@@ -18,7 +18,7 @@ Caching (resume of an interrupted CV)
     ``<storage_dir>/checkpoints/<model>/<cache key>/``. ``refresh_cache=True`` retrains everything.
 
 Task runners (``task_runner`` parameter, also settable from the UI)
-    ``threads`` (``ThreadPoolTaskRunner``; folds in one process train one at a time, see pipeline/train.py),
+    ``threads`` (``ThreadPoolTaskRunner``; folds in one process train one at a time, see pipeline/training/train.py),
     ``processes`` (``ProcessPoolTaskRunner``: parallel folds, one process each), ``dask``
     (``prefect_dask.DaskTaskRunner``: a ``LocalCluster`` of ``max_workers`` single-threaded worker processes,
     or an existing cluster at ``dask_address``).
@@ -51,8 +51,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from features.errors import EmoflowError
-from pipeline.codehash import CODE_FILES, code_version  # noqa: F401  (the cache keys' code version; re-exported)
-from pipeline.metrics import (
+from pipeline.core.codehash import CODE_FILES, code_version  # noqa: F401  (the cache keys' code version; re-exported)
+from pipeline.orchestration.results import split_result
+from pipeline.training.metrics import (
     DIM_SCORES,
     aggregate_dimensional,
     aggregate_folds,
@@ -60,9 +61,8 @@ from pipeline.metrics import (
     confusion_markdown,
     dimensional_markdown,
 )
-from pipeline.results import split_result
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORAGE = ".emoflow/prefect"
 TASK_RUNNERS = ("threads", "processes", "dask")
 
@@ -169,8 +169,8 @@ def split_params(params: Mapping[str, Any] | None, model: str) -> tuple[dict[str
 
 
 def load_inputs(manifest_path: str | Path, folds_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from pipeline.folds import read_folds
-    from pipeline.manifest import read_manifest
+    from pipeline.corpus.folds import read_folds
+    from pipeline.corpus.manifest import read_manifest
 
     manifest = read_manifest(manifest_path)
     return manifest, read_folds(folds_path)
@@ -246,7 +246,7 @@ def fold_cache_key(
     """Content hash identifying one fold's training (see the module docstring); no paths, no timestamps."""
     from features.store import FeatureReader
     from models import get_model_info, make_config
-    from pipeline.train import RUNTIME_KEYS
+    from pipeline.training.train import RUNTIME_KEYS
 
     info = get_model_info(model)
     specs = info.input_specs(**dict(model_params))
@@ -280,7 +280,7 @@ def fold_cache_key(
         "code": code or code_version(),
     }
     if train_cfg.get("task", "classification") != "classification":
-        from pipeline.dimensional import target_array, target_columns
+        from pipeline.corpus.dimensional import target_array, target_columns
 
         names = target_columns(manifest.columns)
         ids = sorted(utts)
@@ -309,8 +309,8 @@ def train_fold_task(
     checkpoint_root: str | None,
     label_map: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Train one fold (pipeline.train.train_fold) and return its :class:`FoldResult` as a plain dict."""
-    from pipeline.train import train_fold
+    """Train one fold (pipeline.training.train.train_fold) and return its :class:`FoldResult` as a plain dict."""
+    from pipeline.training.train import train_fold
 
     logger = get_run_logger()
     manifest, folds = apply_label_map(*load_inputs(manifest_path, folds_path), label_map)
@@ -361,7 +361,7 @@ def summarise(model: str, fold_results: list[dict[str, Any]]) -> tuple[dict[str,
     """(metrics, predictions): per-fold, mean ± std and pooled metrics, and all folds' test predictions.
 
     Classification scores come from a classification head (absent for ``task: regression``); ``dimensional``
-    (CCC/Pearson/MAE per dimension, :func:`pipeline.metrics.aggregate_dimensional`) only from V/A/D targets."""
+    (CCC/Pearson/MAE per dimension, :func:`pipeline.training.metrics.aggregate_dimensional`) only from V/A/D targets."""
     if not fold_results:
         raise FlowError(f"{model}: no fold results to summarise")
     labels = fold_results[0]["labels"]
@@ -430,7 +430,7 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], preds: pd.DataFr
     out.mkdir(parents=True, exist_ok=True)
     names = ("metrics.json", "run.json", "confusion.csv", "confusion.png", "predictions.parquet")
     paths = {name: out / name for name in names}
-    # numbers only in the DVC metrics file, provenance beside it: see pipeline/results.py
+    # numbers only in the DVC metrics file, provenance beside it: see pipeline/orchestration/results.py
     scores, record = split_result(metrics)
     title = f"{metrics.get('model', '')} — pooled test predictions ({metrics.get('corpus', '')})"
     if "pooled_confusion" not in metrics:
@@ -607,8 +607,8 @@ def resolve_run(model: str, plan: str | None, *, manifest_path: str | Path, fold
     """The plan (argument, else ``models.<name>.fold_plan``, else the paper's), label map, inputs, training
     config, folds to run and the model config with the store's dimensions; reads the manifest, plan and store."""
     from models import get_model_info
-    from pipeline.data import class_labels, open_readers, resolve_dims
-    from pipeline.train import resolve_train_config
+    from pipeline.training.data import class_labels, open_readers, resolve_dims
+    from pipeline.training.train import resolve_train_config
 
     info = get_model_info(model)
     model_params = dict(model_params or {})
@@ -760,7 +760,7 @@ def run_record(spec: RunSpec, metrics: dict[str, Any], *, corpus: str, t0: _dt.d
                run: dict[str, Any]) -> dict[str, Any]:
     """The run's scores (``metrics``, from :func:`summarise`) with its provenance: comparability, plan, label map,
     features, paper row, configs, code version and ``run`` (:func:`flow_run_record`)."""
-    from pipeline.folds import plan_hash
+    from pipeline.corpus.folds import plan_hash
 
     reasons, run_map = comparability(spec, corpus)
     info, train_cfg = spec.info, spec.train_cfg
@@ -948,7 +948,7 @@ def serve(
 
     whole: dict[str, Any] = {}
     if params_path and Path(params_path).exists():
-        from pipeline.params import load_params
+        from pipeline.core.params import load_params
 
         whole = load_params(params_path)
     deployments = []

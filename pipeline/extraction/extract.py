@@ -21,6 +21,7 @@ from features.audio import AudioConfig, AudioError, load_audio
 from features.base import Extractor, get_extractor
 from features.errors import ConfigError, EmoflowError, free_bytes, human_bytes
 from features.store import FeatureWriter, FileMeta, StoreError, text_sha256
+from pipeline.corpus.manifest import audio_root_of
 
 log = logging.getLogger("emoflow.extract")
 
@@ -66,13 +67,6 @@ def disk_space_warning(out_path: Path, needed: int | None, free: int | None) -> 
     return (f"{out_path}: this extraction needs about {human_bytes(2 * needed)} while it runs (shards + the merged "
             f"file), only {human_bytes(free)} free; it will stop with 'no space left' unless you free some space "
             "(finished batches are kept either way)")
-
-
-def audio_root_of(root: str | Path) -> Path:
-    """The folder a manifest's relative paths start from: ``dataset.root``, or its folder when the root is the
-    corpus table itself (the ``manifest`` adapter)."""
-    root = Path(root)
-    return root.parent if root.is_file() else root
 
 
 def load_utterance_audio(row: dict, audio_root: Path, audio_cfg: AudioConfig) -> np.ndarray:
@@ -208,8 +202,8 @@ def extract_feature(
     extractor, ``extract`` gives audio settings, jobs and batch size, ``dataset.root`` the audio. ``jobs`` and
     ``device`` override params (the device is not part of the cache key). The DVC stage and the Prefect flow
     both call this; returns what :func:`extract_features` did and the extractor (for its provenance)."""
-    from pipeline.manifest import read_manifest
-    from pipeline.params import ParamsError, expect, section
+    from pipeline.core.params import ParamsError, expect, section
+    from pipeline.corpus.manifest import read_manifest
 
     cfg = section(params, f"features.{feature}", default=None) or {}
     expect(cfg, dict, f"features.{feature}")

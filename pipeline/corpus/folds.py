@@ -57,7 +57,7 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from features.errors import EmoflowError
-from pipeline.manifest import atomic_write_table
+from pipeline.corpus.manifest import atomic_write_table
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Most corpora ship no transcripts, so the text and multimodal models cannot run on them. With
 ``transcripts: asr`` the ``manifest`` stage hands the adapter's manifest to :func:`transcribe_manifest`, which
 transcribes every utterance with faster-whisper (:func:`features.whisper.transcribe`; audio read by
-:func:`pipeline.extract.load_utterance_audio` at 16 kHz, segments cut to the row's ``start``/``end``), writes
+:func:`pipeline.extraction.extract.load_utterance_audio` at 16 kHz, segments cut to the row's ``start``/``end``), writes
 the text into ``transcript`` and ``asr:<model>`` into ``transcript_source``, and measures the word error rate
 against the corpus' own (gold) transcripts where it has some.
 
@@ -37,8 +37,8 @@ import pandas as pd
 from features.audio import AudioConfig
 from features.store import package_versions
 from features.whisper import DEFAULT_MODEL
-from pipeline.manifest import ManifestError
-from pipeline.params import ParamsError, expect
+from pipeline.core.params import ParamsError, expect
+from pipeline.corpus.manifest import ManifestError
 
 log = logging.getLogger("emoflow.transcribe")
 
@@ -375,7 +375,7 @@ def transcribe_manifest(
     :class:`features.audio.AudioError` naming the file for unreadable audio; finished transcripts are kept.
     """
     from features.whisper import transcribe, word_error_rate
-    from pipeline.extract import audio_root_of, load_utterance_audio
+    from pipeline.extraction.extract import audio_root_of, load_utterance_audio
 
     root = audio_root_of(audio_root)
     audio_cfg = AudioConfig(sample_rate=SAMPLE_RATE)

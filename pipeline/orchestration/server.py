@@ -7,11 +7,11 @@ cross-validation from its UI.
   ``/api/health`` answers.
 * :func:`client_env` is what every process that should report to that server needs (``PREFECT_API_URL``):
   ``emoflow demo``, ``dvc repro train@<model>``, a worker on a GPU machine.
-* :func:`pipeline.feature_flow.extract_flow` is a Prefect flow around :func:`pipeline.extract.extract_feature`
+* :func:`pipeline.orchestration.feature_flow.extract_flow` is a Prefect flow around :func:`pipeline.extraction.extract.extract_feature`
   (one feature); :func:`serve_deployments` serves it (one deployment per feature) together with ``cross_validate``
-  (one deployment per model, from :mod:`pipeline.flows`).
+  (one deployment per model, from :mod:`pipeline.orchestration.flows`).
 
-The ``emoflow server`` and ``emoflow serve`` commands that call these live in :mod:`pipeline.cli_team`.
+The ``emoflow server`` and ``emoflow serve`` commands that call these live in :mod:`pipeline.cli.team`.
 """
 
 from __future__ import annotations
@@ -241,11 +241,11 @@ def start_server(
 
 
 # ----------------------------------------------------------------------------------------------- flows
-# The extract flow lives in pipeline/feature_flow.py so that importing this module (and the emoflow CLI)
+# The extract flow lives in pipeline/orchestration/feature_flow.py so that importing this module (and the emoflow CLI)
 # does not import Prefect.
 def _load(params_path: str | Path | None) -> dict[str, Any]:
     if params_path and Path(params_path).exists():
-        from pipeline.params import load_params
+        from pipeline.core.params import load_params
 
         return load_params(params_path)
     return {}
@@ -254,7 +254,7 @@ def _load(params_path: str | Path | None) -> dict[str, Any]:
 def extract_deployments(params_path: str | Path | None = "params.yaml", features: Sequence[str] | None = None,
                         *, tag: str = "emoflow") -> list:
     """One ``extract/<feature>`` deployment per feature (default: ``params.yaml: extract.features``)."""
-    from pipeline.feature_flow import extract_flow
+    from pipeline.orchestration.feature_flow import extract_flow
 
     whole = _load(params_path)
     features = list(features or ((whole.get("extract") or {}).get("features") or []))
@@ -265,8 +265,8 @@ def extract_deployments(params_path: str | Path | None = "params.yaml", features
 
 def cross_validate_deployments(params_path: str | Path | None = "params.yaml", models: Sequence[str] | None = None,
                                *, tag: str = "emoflow") -> list:
-    """One ``cross_validate/<model>`` deployment per model, defaults from ``params.yaml`` (see pipeline.flows)."""
-    from pipeline import flows
+    """One ``cross_validate/<model>`` deployment per model, defaults from ``params.yaml`` (see pipeline.orchestration.flows)."""
+    from pipeline.orchestration import flows
 
     if hasattr(flows, "deployments"):  # the flows module's own builder, when it offers one
         return list(flows.deployments(params_path, models=models))

@@ -18,7 +18,7 @@ settings (``models.get_model_info(name).train`` merged with ``params.yaml``), no
   sequence input is cut into fixed windows (frames from the store's ``frame_shift``), trailing partial windows
   dropped; ``drop_short`` drops utterances of ≤ 2 s as the paper does (``false`` keeps them as one zero-padded
   window — what the demo uses, so that no fold of a short-utterance corpus is empty). Validation and test use
-  ``test_hop``; their logits are averaged per utterance (:func:`pipeline.train.evaluate`).
+  ``test_hop``; their logits are averaged per utterance (:func:`pipeline.training.train.evaluate`).
 * **C / D**: sequences padded to the batch maximum; phonemes ``(W, P)`` padded to ``(B, W_max, P_max)`` with 0,
   the word mask (True = padding word) from the number of words.
 

@@ -14,7 +14,7 @@ Sources
 
 Compatibility
     Both loaders refuse (one line naming the mismatch) a model whose feature extractor version/config hash or
-    training-code version (``pipeline.codehash.code_version``) differs from the installed package: features computed
+    training-code version (``pipeline.core.codehash.code_version``) differs from the installed package: features computed
     by another extractor version would silently feed the model inputs it never saw. ``force=True`` overrides it
     with a warning.
 """
@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from features.errors import EmoflowError
-from pipeline.data import Normalizer
+from pipeline.training.data import Normalizer
 
 BUNDLE_FILE = "emoflow-model.json"
 BUNDLE_FORMAT = 1
@@ -105,14 +105,14 @@ class Predictor:
 
     @property
     def n_logits(self) -> int:
-        """Leading output columns that are class logits (0 for regression; see ``pipeline.train.n_logits``)."""
+        """Leading output columns that are class logits (0 for regression; see ``pipeline.training.train.n_logits``)."""
         return 0 if self.task == "regression" else len(self.labels)
 
 
 def target_names(rec: dict[str, Any], where: str) -> list[str]:
-    """The V/A/D targets a run's head predicts, in training's order (``pipeline.dimensional.target_columns``), from
+    """The V/A/D targets a run's head predicts, in training's order (``pipeline.corpus.dimensional.target_columns``), from
     its dimensional scores (``dimensional`` in run records, ``ccc`` in metrics.json); ``[]`` for classification."""
-    from pipeline.dimensional import target_columns
+    from pipeline.corpus.dimensional import target_columns
 
     if str((rec.get("train") or {}).get("task", "classification")) == "classification":
         return []
@@ -129,7 +129,9 @@ def target_names(rec: dict[str, Any], where: str) -> list[str]:
 def mismatches(p: Predictor) -> list[str]:
     """What differs between the model's recorded extractors/code and the installed package (empty: compatible)."""
     from features.base import config_hash, extractor_class
-    from pipeline.codehash import code_version  # not via pipeline.flows: no Prefect import on a cold start
+    from pipeline.core.codehash import (
+        code_version,  # not via pipeline.orchestration.flows: no Prefect import on a cold start
+    )
 
     out = []
     for name, spec in sorted(p.features.items()):

@@ -1,7 +1,7 @@
 """``emoflow remote/pull/push`` (team DVC remotes) and ``emoflow server/serve`` (the team's Prefect server).
 
-The typer edge of :mod:`pipeline.remote` and :mod:`pipeline.server`: each command turns its options into library
-calls and prints their answer; :func:`mount` adds them to the ``emoflow`` app (pipeline/cli.py).
+The typer edge of :mod:`pipeline.team.remote` and :mod:`pipeline.orchestration.server`: each command turns its options into library
+calls and prints their answer; :func:`mount` adds them to the ``emoflow`` app (pipeline/cli/main.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline import remote as rm
-from pipeline import server as srv_lib
-from pipeline.remote import RemoteError
+from pipeline.orchestration import server as srv_lib
+from pipeline.team import remote as rm
+from pipeline.team.remote import RemoteError
 
 remote_app = typer.Typer(help="Team DVC remotes (shared disk, SSH, S3/MinIO); credentials stay in "
                               ".dvc/config.local.", no_args_is_help=True)
