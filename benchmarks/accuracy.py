@@ -122,6 +122,8 @@ def train_models(params_path: Path, workdir: Path, models: list[str],
 VARIANTS = {
     "paper-recipe": ("paper recipe (normalize, class weights off)", {"normalize": None, "class_weights": None}),
     "closed-form": ("closed-form fit (train.fit: sklearn)", {"fit": "sklearn"}),
+    # each speaker standardised with its own (unlabelled) frames, test speakers included: transductive
+    "speaker-norm": ("speaker normalisation (normalize: speaker)", {"normalize": "speaker"}),
 }
 
 
@@ -187,13 +189,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="also train these with normalize/class_weights off (the papers' recipe), same folds")
     ap.add_argument("--closed-form", nargs="*", default=[], metavar="MODEL",
                     help="also fit these in closed form (train.fit: sklearn; the probe's linear-probe recipe)")
+    ap.add_argument("--speaker-norm", nargs="*", default=[], metavar="MODEL",
+                    help="also train these with normalize: speaker (each speaker's own statistics), same folds")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
     ap.add_argument("--collect", nargs="*", default=[], metavar="MODEL",
                     help="take these models' rows from the workspace's results/<model>/ (metrics.json + run.json "
                          "written by an earlier, interrupted run of this benchmark) instead of training them")
     ap.add_argument("--only-variants", action="store_true",
-                    help="train only the --ablate/--closed-form runs (merge them into the main JSON with --merge)")
+                    help="train only the --ablate/--closed-form/--speaker-norm runs (merge them into the main JSON "
+                         "with --merge)")
     ap.add_argument("--merge", nargs=2, metavar=("MAIN", "EXTRA"),
                     help="append EXTRA's rows (a run over the same workspace and folds) to MAIN and exit")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
@@ -276,7 +281,8 @@ def merge_results(main_path: Path, extra_path: Path) -> dict[str, Any]:
 
 def variant_rows(params_path: Path, workdir: Path, args, base_ua: float | None) -> list[dict[str, Any]]:
     rows = []
-    for variant, models in (("paper-recipe", args.ablate), ("closed-form", args.closed_form)):
+    for variant, models in (("paper-recipe", args.ablate), ("closed-form", args.closed_form),
+                            ("speaker-norm", args.speaker_norm)):
         if models:
             runs = run_variant(params_path, workdir, list(models), variant)
             rows += [summarise(m, runs[m], base_ua, kind=VARIANTS[variant][0]) for m in runs]

@@ -729,6 +729,8 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
         reasons.append(f"inputs {model_params['inputs']} are not the paper's")
     if train_cfg.get("normalize") or train_cfg.get("class_weights"):
         reasons.append("small-corpus settings (normalize/class_weights) are not the paper's recipe")
+    if train_cfg.get("normalize") == "speaker":
+        reasons.append("normalize: speaker standardises each test speaker with its own unlabelled audio")
     if train_cfg.get("augment"):
         reasons.append("augment (SpecAugment masks, random offset) is not the paper's recipe")
     paper_select, run_select = info.train.get("select_on"), train_cfg.get("select_on")

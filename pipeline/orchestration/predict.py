@@ -174,6 +174,7 @@ def fold_outputs(p: Predictor, fold: int, readers: dict, utt_ids: list[str], *, 
     from pipeline.training.data import (
         Collate,
         FeatureDataset,
+        add_speaker_stats,
         feature_frame_shift,
         make_segmenting,
         make_views,
@@ -189,8 +190,13 @@ def fold_outputs(p: Predictor, fold: int, readers: dict, utt_ids: list[str], *, 
         seq = next(s for s in specs.values() if s.kind == "sequence")
         segmenting = make_segmenting(p.train, feature_frame_shift(readers[seq.feature]))
     fm = p.folds[fold]
+    norm = fm.normalizer(p.train.get("normalize"))
+    if norm is not None and norm.mode == "speaker":
+        # trained on speaker-normalised inputs: the files of one call are taken as one speaker (one file alone,
+        # or a speaker unknown otherwise, gets the fold's training statistics)
+        norm = add_speaker_stats(norm, readers, views, {u: "predict-call" for u in utt_ids})
     ds = FeatureDataset(readers=readers, views=views, utt_ids=list(utt_ids), labels=[0] * len(utt_ids),
-                        segmenting=segmenting, split="test", normalizer=fm.normalizer(p.train.get("normalize")))
+                        segmenting=segmenting, split="test", normalizer=norm)
     n_cls = p.n_logits
     if len(ds) == 0:
         return np.full((len(utt_ids), n_cls + len(p.targets)), np.nan)

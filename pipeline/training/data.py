@@ -275,7 +275,9 @@ def spec_augment(x: np.ndarray, aug: Mapping[str, int], rng: np.random.Generator
 
 # ----------------------------------------------------------------------------------------------- normalisation
 
-NORMALIZE_MODES = (None, "none", "fold", "utterance")  # "none" switches a model's default off (null keeps it)
+NORMALIZE_MODES = (None, "none", "fold", "utterance", "speaker")  # "none" switches a model's default off
+#: a speaker's own statistics need at least this many of its utterances (else the fold statistics are used)
+MIN_SPEAKER_UTTS = 2
 
 
 @dataclass
@@ -285,62 +287,100 @@ class Normalizer:
     ``mode="fold"``: mean/std of every dimension over all frames (sequences) or utterances (vectors) of the
     fold's *training* split — the usual practice; the statistics belong to the fold (saved with its checkpoint).
     ``mode="utterance"``: sequences are standardised with their own mean/std over time (CMVN); vectors, which
-    have no time axis, use the fold statistics. Phoneme ids are never touched. Stacked layers ``(T, L, H)`` get
-    statistics per (layer, dimension).
+    have no time axis, use the fold statistics. ``mode="speaker"``: every utterance is standardised with its
+    speaker's statistics (all that speaker's utterances, labels unused — for a test speaker its own unlabelled
+    audio: the speaker normalisation of speaker-independent SER); a speaker with fewer than
+    :data:`MIN_SPEAKER_UTTS` utterances, or an unknown one, gets the fold statistics. Phoneme ids are never
+    touched. Stacked layers ``(T, L, H)`` get statistics per (layer, dimension).
     """
 
     mode: str
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     eps: float = 1e-5
+    #: ``mode="speaker"``: utterance id → speaker, and (input key, speaker) → (mean, std)
+    speaker_of: dict[str, str] = field(default_factory=dict)
+    speaker_stats: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
-    def __call__(self, key: str, a: np.ndarray, kind: str) -> np.ndarray:
+    def __call__(self, key: str, a: np.ndarray, kind: str, utt_id: str | None = None) -> np.ndarray:
         if kind == "sequence" and self.mode == "utterance":
             if len(a) == 0:
                 return a
             return ((a - a.mean(axis=0)) / (a.std(axis=0) + self.eps)).astype(np.float32)
-        if key not in self.stats:
+        stats = self.stats.get(key)
+        if self.mode == "speaker" and utt_id is not None:
+            stats = self.speaker_stats.get((key, self.speaker_of.get(utt_id, "")), stats)
+        if stats is None:
             return a
-        mean, std = self.stats[key]
+        mean, std = stats
         return ((a - mean) / std).astype(np.float32)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Flat ``{"<key>.mean": tensor, "<key>.std": tensor}`` (for safetensors next to the fold's weights)."""
+        """Flat ``{"<key>.mean": tensor, "<key>.std": tensor}`` of the fold statistics (for safetensors next to
+        the fold's weights; speaker statistics belong to the corpus's speakers and are recomputed)."""
         out = {}
         for k, (m, sd) in self.stats.items():
             out[f"{k}.mean"], out[f"{k}.std"] = torch.from_numpy(m.copy()), torch.from_numpy(sd.copy())
         return out
 
 
+def _moments(readers: Mapping[str, FeatureReader], view: InputView,
+             utt_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) per dimension over every frame (vector) of ``utt_ids``, float64 sums one utterance at a time."""
+    total = total_sq = None
+    count = 0
+    for u in utt_ids:
+        a = np.asarray(readers[view.feature][u], dtype=np.float64)
+        a = reduce_layers(a, view.layer_reduce) if view.kind == "sequence" else a.reshape(1, -1)
+        if total is None:
+            total, total_sq = np.zeros(a.shape[1:]), np.zeros(a.shape[1:])
+        total += a.sum(axis=0)
+        total_sq += np.square(a).sum(axis=0)
+        count += len(a)
+    if not count:
+        return None
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0)) + 1e-5
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _normalised(view: InputView, mode: str) -> bool:
+    return view.kind != "phonemes" and not (view.kind == "sequence" and mode == "utterance")
+
+
+def add_speaker_stats(norm: Normalizer, readers: Mapping[str, FeatureReader], views: Mapping[str, InputView],
+                      speaker_of: Mapping[str, str]) -> Normalizer:
+    """``norm`` with each speaker's statistics over its utterances in ``speaker_of`` (utterance → speaker)."""
+    by_speaker: dict[str, list[str]] = {}
+    for u, s in speaker_of.items():
+        by_speaker.setdefault(str(s), []).append(str(u))
+    for key, view in views.items():
+        if not _normalised(view, norm.mode):
+            continue
+        for s, ids in by_speaker.items():
+            if len(ids) >= MIN_SPEAKER_UTTS and (m := _moments(readers, view, ids)) is not None:
+                norm.speaker_stats[(key, s)] = m
+    norm.speaker_of.update({str(u): str(s) for u, s in speaker_of.items()})
+    return norm
+
+
 def fit_normalizer(mode: str | None, readers: Mapping[str, FeatureReader], views: Mapping[str, InputView],
-                   utt_ids: Sequence[str]) -> Normalizer | None:
+                   utt_ids: Sequence[str], speaker_of: Mapping[str, str] | None = None) -> Normalizer | None:
     """Training-split statistics for ``mode`` (see :class:`Normalizer`); None when ``mode`` is None.
+    ``mode="speaker"`` also needs ``speaker_of`` (utterance → speaker for every utterance the fold reads).
 
     Sums run in float64 one utterance at a time, so memory stays at one utterance whatever the corpus size.
     """
     if mode not in NORMALIZE_MODES:
-        raise DataError(f"train setting normalize must be null, 'fold' or 'utterance', got {mode!r}")
+        raise DataError(f"train setting normalize must be null, 'fold', 'utterance' or 'speaker', got {mode!r}")
     if mode in (None, "none"):
         return None
-    stats = {}
-    for key, view in views.items():
-        if view.kind == "phonemes" or (view.kind == "sequence" and mode == "utterance"):
-            continue
-        total = total_sq = None
-        count = 0
-        for u in utt_ids:
-            a = np.asarray(readers[view.feature][u], dtype=np.float64)
-            a = reduce_layers(a, view.layer_reduce) if view.kind == "sequence" else a.reshape(1, -1)
-            if total is None:
-                total, total_sq = np.zeros(a.shape[1:]), np.zeros(a.shape[1:])
-            total += a.sum(axis=0)
-            total_sq += np.square(a).sum(axis=0)
-            count += len(a)
-        if not count:
-            continue
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0)) + 1e-5
-        stats[key] = (mean.astype(np.float32), std.astype(np.float32))
-    return Normalizer(mode, stats)
+    if mode == "speaker" and not speaker_of:
+        raise DataError("train setting normalize: speaker needs the speaker of every utterance (the manifest's "
+                        "`speaker` column); use normalize: fold for a corpus without speakers")
+    stats = {key: m for key, view in views.items()
+             if _normalised(view, mode) and (m := _moments(readers, view, utt_ids)) is not None}
+    norm = Normalizer(mode, stats)
+    return add_speaker_stats(norm, readers, views, speaker_of) if mode == "speaker" else norm
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -468,7 +508,7 @@ class FeatureDataset(Dataset):
                     rng = np.random.default_rng(stable_seed(self.seed, self.split, epoch, i, key))
                     a = add_power_noise_db(a, float(self.noise_snr_db), rng)
                 if self.normalizer is not None:
-                    a = self.normalizer(key, a, "sequence")
+                    a = self.normalizer(key, a, "sequence", item.utt_id)
                 if augmenting:
                     # after normalisation (masks = the training mean) and before the fixed-length cut (the
                     # shift brings frames beyond fixed_len into view); seeded per (epoch, item): resumable
@@ -479,7 +519,7 @@ class FeatureDataset(Dataset):
             elif view.kind == "vector":
                 a = np.asarray(self.readers[view.feature][item.utt_id]).astype(np.float32, copy=False).reshape(-1)
                 if self.normalizer is not None:
-                    a = self.normalizer(key, a, "vector")
+                    a = self.normalizer(key, a, "vector", item.utt_id)
             elif view.kind == "phonemes":
                 a = np.asarray(self.readers[view.feature][item.utt_id]).astype(np.int64, copy=False)
                 if a.ndim != 2:
@@ -602,6 +642,7 @@ __all__ = [
     "collate",
     "feature_frame_shift",
     "fit_normalizer",
+    "add_speaker_stats",
     "label_ids",
     "make_segmenting",
     "make_views",

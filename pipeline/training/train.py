@@ -33,7 +33,7 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,11 +348,21 @@ def prepare_fold(
         label_of=label_of,
         model_overrides=overrides,
         segmenting=segmenting,
-        # statistics of the training split only: validation and test never inform the inputs
-        normalizer=fit_normalizer(train_cfg.get("normalize"), readers, views, splits["train"]),
+        # statistics of the training split only: validation and test labels never inform the inputs (speaker
+        # mode: each speaker's own unlabelled frames)
+        normalizer=fit_normalizer(train_cfg.get("normalize"), readers, views, splits["train"],
+                                  speaker_of=_speakers(manifest, splits) if train_cfg.get("normalize") == "speaker"
+                                  else None),
         target_names=target_names,
         targets=targets,
     )
+
+
+def _speakers(manifest: pd.DataFrame, splits: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Utterance → speaker for every utterance of the fold's splits (``normalize: speaker``)."""
+    wanted = {u for ids in splits.values() for u in ids}
+    rows = manifest[manifest["utt_id"].astype(str).isin(wanted)]
+    return dict(zip(rows["utt_id"].astype(str), rows["speaker"].astype(str), strict=True))
 
 
 def make_dataset(data: FoldData, split: str, train_cfg: Mapping[str, Any]) -> FeatureDataset:

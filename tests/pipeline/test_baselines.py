@@ -95,6 +95,45 @@ def test_fold_normalisation_uses_the_training_split_only(tmp_path):
         fit_normalizer("global", {}, views, train)
 
 
+def test_speaker_normalisation_uses_each_speakers_own_frames(tmp_path):
+    m, folds, rng = _corpus(tmp_path, n=40)
+    offset = {s: rng.normal(size=3) * 20 for s in m["speaker"].unique()}  # a level per speaker, not per class
+    spk = dict(zip(m["utt_id"], m["speaker"], strict=True))
+    arrays = {u: (rng.normal(size=(int(rng.integers(5, 15)), 3)) + offset[spk[u]]).astype(np.float32)
+              for u in m["utt_id"]}
+    _store(tmp_path, "logmel40", arrays, frame_shift=0.01)
+    reader = FeatureReader(tmp_path / "features" / "logmel40.h5")
+    views = make_views(models.get_model_info("ilt").input_specs(), {})
+    train = list(folds[(folds.fold == 0) & (folds.split == "train")]["utt_id"])
+    test_u = folds[(folds.fold == 0) & (folds.split == "test")]["utt_id"].iloc[0]
+    assert spk[test_u] not in {spk[u] for u in train}  # a speaker never seen in training
+    norm = fit_normalizer("speaker", {"logmel40": reader}, views, train, speaker_of=spk)
+    own = np.concatenate([arrays[u] for u in m["utt_id"] if spk[u] == spk[test_u]])
+    z = norm("x", arrays[test_u], "sequence", test_u)
+    np.testing.assert_allclose(z, (arrays[test_u] - own.mean(0)) / (own.std(0) + 1e-5), rtol=1e-4, atol=1e-5)
+    frames = np.concatenate([arrays[u] for u in train])  # the fold statistics: the fallback
+    np.testing.assert_allclose(norm("x", arrays[test_u], "sequence", "unknown-utterance"),
+                               (arrays[test_u] - frames.mean(0)) / (frames.std(0) + 1e-5), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="speaker of every utterance"):
+        fit_normalizer("speaker", {"logmel40": reader}, views, train)
+
+
+def test_speaker_normalisation_removes_a_speaker_level_that_fold_statistics_keep(tmp_path):
+    m, folds, rng = _corpus(tmp_path, n=96)
+    offset = {s: rng.normal(size=8) * 6 for s in m["speaker"].unique()}
+    arrays = {}
+    for u, lab, s in zip(m["utt_id"], m["label"], m["speaker"], strict=True):
+        v = rng.normal(size=8) * 0.5 + offset[s]
+        v[LABELS.index(lab)] += 1.5
+        arrays[u] = v.astype(np.float32)
+    _store(tmp_path, "functionals", arrays)
+    ua = {mode: np.mean([train_fold("classical", k, manifest=m, folds=folds, features_dir=tmp_path / "features",
+                                    model_params={}, train_params={"seed": 0, "normalize": mode},
+                                    log=lambda s: None).test["ua"] for k in range(4)])
+          for mode in ("fold", "speaker")}
+    assert ua["speaker"] > 90 and ua["speaker"] > ua["fold"] + 20, ua
+
+
 def test_balanced_class_weights():
     w = loss_weights({"class_weights": "balanced"}, [0, 0, 1, 2], 3, torch.device("cpu"))
     np.testing.assert_allclose(w.numpy(), [4 / 6, 4 / 3, 4 / 3])

@@ -96,7 +96,7 @@ def test_checkpoints_are_safetensors_and_other_saves_are_allow_listed(trees):
                 saves.append((rel, what))
     assert set(saves) <= TORCH_SAVE_ALLOWED
     # the training checkpoints themselves: weights through safetensors' save_file, loaded with load_file
-    src = (ROOT / "pipeline" / "train.py").read_text()
+    src = (ROOT / "pipeline" / "training" / "train.py").read_text()
     tree = trees["pipeline/training/train.py"]
     names = {fn for _, fn in _calls(tree)}
     assert {"save_file", "load_file"} <= names
