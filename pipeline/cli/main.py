@@ -166,12 +166,69 @@ def demo_data(out: Path = typer.Option(Path("data/demo_corpus"), "--out"), param
 
 
 @app.command("demo")
-def demo(stage: str | None = typer.Argument(None, help="a dvc.yaml stage to reproduce (default: all)")):
-    """Run the whole pipeline on the demo corpus: `dvc repro` with analytics off."""
+def demo(stage: str | None = typer.Argument(None, help="a dvc.yaml stage to reproduce (default: all)"),
+         server: bool = typer.Option(True, "--server/--no-server",
+                                     help="one local Prefect server for the whole run (unless PREFECT_API_URL "
+                                          "is set); --no-server: a temporary one in every train stage")):
+    """Run the whole pipeline on the demo corpus: `dvc repro` with analytics off.
+
+    Every train@<model> stage is a Prefect flow. Without PREFECT_API_URL each would start (and stop) its own
+    temporary Prefect server, ~15-20 s a stage on 2 cores; instead one local server serves the whole run (its
+    UI shows the runs while they go; its database stays in $PREFECT_HOME, `emoflow server` shows them later),
+    and it is stopped at the end. A PREFECT_API_URL of yours (environment or Prefect profile) is used as is.
+    """
     ensure_dvc()
     cmd = ["dvc", "repro"] + ([stage] if stage else [])
+    env = dict(os.environ)
+    srv = _demo_server() if server else None
+    if srv is not None:
+        from pipeline.orchestration.server import client_env
+
+        env.update(client_env(srv.api_url))
     typer.echo("$ " + " ".join(cmd))
-    raise typer.Exit(subprocess.call(cmd))
+    try:
+        code = subprocess.call(cmd, env=env)
+    finally:
+        if srv is not None:
+            srv.stop()
+            typer.echo(f"[emoflow] stopped the demo's Prefect server; see its runs again with `emoflow server` "
+                       f"(database in {srv.home})")
+    raise typer.Exit(code)
+
+
+def _demo_server():
+    """A local Prefect server for ``emoflow demo`` (port 4200, or a free one when 4200 is taken), or None when
+    the user configured one (PREFECT_API_URL in the environment or the active Prefect profile) or it fails to
+    start (then each stage starts its temporary server, as before: slower, never broken)."""
+    import signal
+
+    from pipeline.orchestration import server as srv_lib
+
+    if os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"[emoflow] Prefect: reporting to PREFECT_API_URL={os.environ['PREFECT_API_URL']}")
+        return None
+    url = srv_lib.configured_api_url()  # the active Prefect profile's
+    if url:
+        typer.echo(f"[emoflow] Prefect: reporting to {url} (Prefect profile)")
+        return None
+    try:
+        try:
+            srv = srv_lib.start_server(srv_lib.DEFAULT_HOST, srv_lib.DEFAULT_PORT, timeout=120)
+        except srv_lib.ServerError as e:
+            if "already in use" not in str(e):
+                raise
+            srv = srv_lib.start_server(srv_lib.DEFAULT_HOST, None, timeout=120)  # a free port
+    except srv_lib.ServerError as e:
+        typer.secho(f"[emoflow] WARNING: no Prefect server for the demo ({e}); each train stage starts a "
+                    "temporary one", fg="yellow", err=True)
+        return None
+
+    def _terminate(signum, frame):  # `kill`: stop the server too (it runs in its own process group)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    typer.echo(f"[emoflow] Prefect UI while the demo runs: {srv.ui_url}  (log: {srv.log_path})")
+    return srv
 
 
 def ensure_dvc() -> None:
