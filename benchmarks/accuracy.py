@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = json.loads(out.read_text())
         base_ua = next((r["ua"]["pooled"] for r in result["rows"] if r["model"] == "classical"), None)
         result["rows"] += variant_rows(params_path, workdir, args, base_ua)
+        set_deltas(result["rows"])
         result["variants_wall_s"] = time.perf_counter() - t0
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(markdown_table(result))
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_ua = base["metrics"]["ua"]["pooled"] / 100 if base else None
     rows = [summarise(m, runs["models"][m], base_ua) for m in models if m in runs["models"]]
     rows += variant_rows(params_path, workdir, args, base_ua)
+    set_deltas(rows)
     result = {
         "benchmark": "accuracy on real speech, pooled over speaker-independent folds",
         "params_file": str(params_file),
@@ -266,17 +268,23 @@ def merge_results(main_path: Path, extra_path: Path) -> dict[str, Any]:
     main, extra = json.loads(main_path.read_text()), json.loads(extra_path.read_text())
     if main["corpus_root"] != extra["corpus_root"] or main["params_file"] != extra["params_file"]:
         raise SystemExit(f"{extra_path}: another corpus or params file than {main_path}; not merged")
-    base = next((r["ua"]["pooled"] for r in main["rows"] if r["model"] == "classical"), None)
-    for r in extra["rows"]:
-        if base is not None:
-            r["ua_minus_classical"] = r["ua"]["pooled"] - base
-        main["rows"].append(r)
+    main["rows"] += extra["rows"]
+    set_deltas(main["rows"])
     main["sum_of_model_train_s"] = sum(r["train_s"] for r in main["rows"])
     main.setdefault("runs", []).append({"file": extra_path.name, "total_wall_s": extra["total_wall_s"],
                                         "machine": extra["machine"]})
     main_path.write_text(json.dumps(main, indent=2, default=str) + "\n")
     print(markdown_table(main))
     return main
+
+
+def set_deltas(rows: list[dict[str, Any]]) -> None:
+    """``ua_minus_classical`` of every row against :func:`_reference`'s classical row (same kind first)."""
+    ua = {(r["model"], r["kind"]): r["ua"]["pooled"] for r in rows}
+    for r in rows:
+        ref = _reference(rows, "classical", r["model"], r["kind"])
+        if ref is not None:
+            r["ua_minus_classical"] = r["ua"]["pooled"] - ua[ref]
 
 
 def variant_rows(params_path: Path, workdir: Path, args, base_ua: float | None) -> list[dict[str, Any]]:
@@ -317,6 +325,17 @@ def _row_dir(workdir: Path, row: dict[str, Any]) -> Path:
     return workdir / ("results" if variant is None else f"results-{variant}") / row["model"]
 
 
+def _reference(rows, baseline: str, model: str, kind: str):
+    """The ``(baseline, kind)`` key to compare row ``(model, kind)`` with: the baseline run the same way (a
+    variant's own ``classical`` row, e.g. speaker normalisation) when there is one, else the plain baseline row
+    (which the variant's baseline row itself is compared with); None for the plain baseline row."""
+    keys = [k[:2] if isinstance(k, tuple) else (k["model"], k["kind"]) for k in rows]
+    if (baseline, kind) in keys and model != baseline:
+        return (baseline, kind)
+    plain = (baseline, "baseline")
+    return plain if plain in keys and (model, kind) != plain else None
+
+
 def significance_block(result: dict[str, Any], workdir: Path, baseline: str = "classical") -> dict[str, Any]:
     """Per row: pooled UA with a bootstrap 95 % interval and, against the ``baseline`` row, the paired bootstrap
     interval of the UA difference and McNemar's p, from the workspace's ``predictions.parquet``. A row whose
@@ -331,13 +350,14 @@ def significance_block(result: dict[str, Any], workdir: Path, baseline: str = "c
             raise SystemExit(f"{_row_dir(workdir, r)}: predictions give UA {compare.ua(yt, yp, len(classes)):.4f}, "
                              f"the row says {r['ua']['pooled']:.4f}; not the run behind this JSON")
         frames[(r["model"], r["kind"])] = df
-    base = next((k for k in frames if k[0] == baseline and k[1] == "baseline"), None)
     rows = []
     for (model, kind), df in frames.items():
         yt, (yp,), classes = compare.encode(df["label"], df["pred"])
         ci = compare.ua_interval(yt, yp, len(classes))
         row: dict[str, Any] = {"model": model, "kind": kind, "n": len(df), "ua": ci.point, "ua_ci": [ci.lo, ci.hi]}
-        if base is not None and (model, kind) != base:
+        base = _reference(frames, baseline, model, kind)
+        if base is not None:
+            row["baseline_kind"] = base[1]
             c = compare.compare_frames(df, frames[base], (model, baseline))
             row[f"vs_{baseline}"] = {"ua_diff": c.ua_diff.point, "ci": [c.ua_diff.lo, c.ua_diff.hi],
                                      "resolved": c.ua_diff.resolved, "mcnemar_p": c.mcnemar_p,
@@ -374,7 +394,8 @@ def significance_table(result: dict[str, Any]) -> str:
         lines.append(f"| `{r['model']}` | {r['kind']} | {r['ua']:.3f} [{r['ua_ci'][0]:.3f}, {r['ua_ci'][1]:.3f}] "
                      f"| {diff} | {verdict} | {p} |")
     lines += ["", f"{sig['n_boot']} bootstrap resamples of the {sig['rows'][0]['n']} pooled test utterances "
-              f"(seed {sig['seed']}); resolved = the 95 % interval of the difference excludes 0."]
+              f"(seed {sig['seed']}); resolved = the 95 % interval of the difference excludes 0; a variant row "
+              f"is compared with the {b} row of the same variant where there is one."]
     return "\n".join(lines)
 
 

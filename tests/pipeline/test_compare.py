@@ -175,6 +175,30 @@ def test_benchmark_significance_block_checks_the_workspace_and_keeps_the_rows(tm
         significance_block({"rows": rows}, tmp_path)
 
 
+def test_a_variant_row_is_compared_with_the_baseline_run_the_same_way(tmp_path):
+    """speaker normalisation lifts the baseline too: its rows are judged against its own classical row."""
+    from benchmarks.accuracy import VARIANTS, set_deltas, significance_block
+
+    kind = VARIANTS["speaker-norm"][0]
+    labels = list("abc") * 20
+    wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
+    half = labels[:30] + wrong[30:]
+    for sub, model, preds in (("results", "classical", wrong), ("results-speaker-norm", "classical", half),
+                              ("results-speaker-norm", "ilt", half)):
+        (tmp_path / sub / model).mkdir(parents=True)
+        _frame(labels, preds).to_parquet(tmp_path / sub / model / "predictions.parquet")
+    ua_half = C.ua(*([C.encode(labels, half)[0]] + list(C.encode(labels, half)[1])), 3)
+    rows = [{"model": "classical", "kind": "baseline", "ua": {"pooled": 0.0}},
+            {"model": "classical", "kind": kind, "ua": {"pooled": ua_half}},
+            {"model": "ilt", "kind": kind, "ua": {"pooled": ua_half}}]
+    by = {(r["model"], r["kind"]): r for r in significance_block({"rows": rows}, tmp_path)["rows"]}
+    ilt = by[("ilt", kind)]
+    assert ilt["baseline_kind"] == kind and ilt["vs_classical"]["ua_diff"] == 0.0  # not +ua_half vs the plain one
+    assert by[("classical", kind)]["baseline_kind"] == "baseline"
+    set_deltas(rows)
+    assert rows[2]["ua_minus_classical"] == 0.0 and rows[1]["ua_minus_classical"] == pytest.approx(ua_half)
+
+
 def test_repeated_splits_pair_each_test_with_its_fold():
     # random_80_20_seeds tests an utterance in several folds: pairs are (utt_id, fold), not utt_id
     a = pd.DataFrame({"utt_id": ["u1", "u1", "u2"], "fold": [0, 1, 0], "label": ["x", "x", "y"],
