@@ -146,16 +146,21 @@ def test_cli_compare_by_model_name_and_by_directory(tmp_path):
     assert r.exit_code == 2 and "nothere" in r.output
 
 
+def _write_predictions(root, labels, runs):
+    """``<root>/<results dir>/<model>/predictions.parquet`` for each ``(results dir, model, predictions)``."""
+    for sub, model, preds in runs:
+        (root / sub / model).mkdir(parents=True)
+        _frame(labels, preds).to_parquet(root / sub / model / "predictions.parquet")
+
+
 def test_benchmark_significance_block_checks_the_workspace_and_keeps_the_rows(tmp_path):
     from benchmarks.accuracy import significance_block, significance_table
 
     labels = list("abc") * 20
     wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
     half = labels[:30] + wrong[30:]
-    for sub, model, preds in (("results", "classical", half), ("results", "good", labels),
-                              ("results-closed-form", "good", half)):
-        (tmp_path / sub / model).mkdir(parents=True)
-        _frame(labels, preds).to_parquet(tmp_path / sub / model / "predictions.parquet")
+    _write_predictions(tmp_path, labels, (("results", "classical", half), ("results", "good", labels),
+                                          ("results-closed-form", "good", half)))
     yt, (yp,), _ = C.encode(labels, half)
     ua_half = C.ua(yt, yp, 3)
     rows = [{"model": "classical", "kind": "baseline", "ua": {"pooled": ua_half}},
@@ -183,11 +188,10 @@ def test_a_variant_row_is_compared_with_the_baseline_run_the_same_way(tmp_path):
     labels = list("abc") * 20
     wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
     half = labels[:30] + wrong[30:]
-    for sub, model, preds in (("results", "classical", wrong), ("results-speaker-norm", "classical", half),
-                              ("results-speaker-norm", "ilt", half)):
-        (tmp_path / sub / model).mkdir(parents=True)
-        _frame(labels, preds).to_parquet(tmp_path / sub / model / "predictions.parquet")
-    ua_half = C.ua(*([C.encode(labels, half)[0]] + list(C.encode(labels, half)[1])), 3)
+    _write_predictions(tmp_path, labels, (("results", "classical", wrong), ("results-speaker-norm", "classical", half),
+                                          ("results-speaker-norm", "ilt", half)))
+    yt, (yp,), _ = C.encode(labels, half)
+    ua_half = C.ua(yt, yp, 3)
     rows = [{"model": "classical", "kind": "baseline", "ua": {"pooled": 0.0}},
             {"model": "classical", "kind": kind, "ua": {"pooled": ua_half}},
             {"model": "ilt", "kind": kind, "ua": {"pooled": ua_half}}]
