@@ -410,6 +410,9 @@ class FeatureDataset(Dataset):
     split: str = "train"
     targets: np.ndarray | None = None
     noise_snr_db: float | None = None
+    #: fraction of train/validation items that get the noise (1.0: every item; 0.5: the paper's "augment with
+    #: noisy copies" in expectation — clean and noisy items, as the clean test split is); drawn per item
+    noise_prob: float = 1.0
     seed: int = 0
     normalizer: Normalizer | None = None
     #: SpecAugment-style masks + random start offset on the train split (see :func:`spec_augment`); None = off
@@ -506,7 +509,8 @@ class FeatureDataset(Dataset):
                 if self.noise_snr_db is not None and self.split in ("train", "val"):
                     epoch = self.epoch if self.split == "train" else -1
                     rng = np.random.default_rng(stable_seed(self.seed, self.split, epoch, i, key))
-                    a = add_power_noise_db(a, float(self.noise_snr_db), rng)
+                    if self.noise_prob >= 1.0 or rng.random() < self.noise_prob:
+                        a = add_power_noise_db(a, float(self.noise_snr_db), rng)
                 if self.normalizer is not None:
                     a = self.normalizer(key, a, "sequence", item.utt_id)
                 if augmenting:

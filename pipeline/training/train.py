@@ -80,6 +80,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "schedule": None,  # None | {type: step, step_epochs, gamma} | {type: cosine, eta_min_factor}
     "select_on": "val_wa",  # val_wa | val_ua | val_loss (mean cross-entropy: steadier on a small validation split)
+    # | last (no selection: the final epoch's weights, for a fixed schedule; validation is still scored)
     "patience": None,  # epochs without validation improvement before stopping (None: never)
     "max_steps": None,  # cap on optimizer steps in total (smoke runs/demo)
     "grad_clip": None,
@@ -95,7 +96,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "fixed_frames": None,
     "fixed_len": None,
     "max_len": None,
-    "noise_snr_db": None,
+    "noise_snr_db": None,  # dB: white noise on train and val (paper A); "none" switches a paper's noise off
     "augment": None,  # small-corpus setting: {time_masks, time_width, freq_masks, freq_width, shift} (frames)
     "segment_s": None,  # paper E: window length (s); None = no segmentation
     "train_hop_s": None,
@@ -115,6 +116,13 @@ DIM_DEFAULTS: dict[str, Any] = {
     "dim_loss": "ccc",  # ccc (1 − CCC per dimension, averaged) | mse; unannotated values are masked out
     "dim_weight": 1.0,  # multitask: loss = cross-entropy + dim_weight · dimensional loss
 }
+#: small-corpus regularisers, likewise held by a resolved config only when set (no paper uses them)
+REGULARISER_DEFAULTS: dict[str, Any] = {
+    "mixup": None,  # None | alpha: mix pairs of training items and their targets, λ ~ Beta(α, α) (Zhang et al. 2018)
+    # fraction of train/val items given the noise_snr_db noise (None = 1.0: every item, as before); the test
+    # split is always clean, so 1.0 trains on a noise floor the test never has — 0.5 mixes clean and noisy items
+    "noise_prob": None,
+}
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory")
 #: informational keys of models' train dicts that the loop does not read
@@ -123,7 +131,7 @@ INFO_KEYS = ("code_variant", "paper_text_variant", "seeds")
 ALIASES = {"early_stopping_patience": "patience"}
 
 _TRAIN_LOCK = threading.Lock()
-SELECT_ON = ("val_wa", "val_ua", "val_loss", "val_ccc")  # val_ccc: dimensional tasks only (_check_task)
+SELECT_ON = ("val_wa", "val_ua", "val_loss", "val_ccc", "last")  # val_ccc: dimensional tasks only (_check_task)
 
 
 class TrainError(EmoflowError, RuntimeError):
@@ -141,7 +149,7 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
     """
     cfg = dict(TRAIN_DEFAULTS)
     cfg.update({ALIASES.get(k, k): v for k, v in model_train.items()})
-    known = set(cfg) | set(INFO_KEYS) | set(ALIASES) | set(DIM_DEFAULTS)
+    known = set(cfg) | set(INFO_KEYS) | set(ALIASES) | set(DIM_DEFAULTS) | set(REGULARISER_DEFAULTS)
     for ov in overrides:
         if not ov:
             continue
@@ -152,6 +160,9 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
     if cfg["select_on"] not in SELECT_ON:
         raise TrainError(f"select_on must be one of {', '.join(SELECT_ON)} (validation only), "
                          f"got {cfg['select_on']!r}")
+    if cfg["select_on"] == "last" and cfg["fit"] != "gradient":
+        raise TrainError("select_on: last keeps the final epoch of a gradient loop; a closed-form fit "
+                         "(fit: sklearn) selects its regularisation on val_ua, val_wa or val_loss")
     if cfg["class_weights"] not in (None, "balanced"):
         raise TrainError(f"class_weights must be null or 'balanced', got {cfg['class_weights']!r}")
     _check_task(cfg)
@@ -161,7 +172,25 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
         raise TrainError(f"normalize must be null, 'fold' or 'utterance', got {cfg['normalize']!r}")
     if cfg["loss"] != "cross_entropy":
         raise TrainError(f"loss {cfg['loss']!r} is not supported (cross_entropy only)")
+    _check_mixup(cfg)
+    prob = cfg.get("noise_prob")
+    if prob is not None and (isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1):
+        raise TrainError(f"noise_prob must be null (every item) or a fraction in (0, 1], got {prob!r}")
+    noise = cfg["noise_snr_db"]
+    if noise is not None and noise != "none" and (isinstance(noise, bool) or not isinstance(noise, (int, float))):
+        raise TrainError(f"noise_snr_db must be a number (dB), null (the model's default) or 'none' (off), "
+                         f"got {noise!r}")
     return cfg
+
+
+def _check_mixup(cfg: Mapping[str, Any]) -> None:
+    alpha = cfg.get("mixup")
+    if alpha is None:
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise TrainError(f"mixup must be null (off) or a Beta concentration α > 0 (0.2–0.4 is usual), got {alpha!r}")
+    if task_of(cfg) != "classification" or cfg["fit"] != "gradient":
+        raise TrainError("mixup mixes class targets: it needs task: classification and fit: gradient")
 
 
 def task_of(cfg: Mapping[str, Any]) -> str:
@@ -374,7 +403,8 @@ def make_dataset(data: FoldData, split: str, train_cfg: Mapping[str, Any]) -> Fe
         targets=None if data.targets is None else data.targets[split],
         segmenting=data.segmenting,
         split=split,
-        noise_snr_db=train_cfg.get("noise_snr_db"),
+        noise_snr_db=None if train_cfg.get("noise_snr_db") == "none" else train_cfg.get("noise_snr_db"),
+        noise_prob=float(train_cfg.get("noise_prob") or 1.0),
         augment=check_augment(train_cfg.get("augment")),
         seed=stable_seed(train_cfg["seed"], data.fold),
         normalizer=data.normalizer,
@@ -770,11 +800,18 @@ def fit_epoch(model, loader, opt, cfg, st: LoopState, device, amp: bool, scaler,
     n_seen, loss_sum = 0, 0.0
     for batch_no, batch in enumerate(_batches(loader, f"{where} epoch {st.epoch + 1}")):
         inputs, y = _model_inputs(batch, device), batch["label"].to(device)
+        mixed = mix_batch(inputs, float(cfg["mixup"]), where) if cfg.get("mixup") else None
         opt.zero_grad(set_to_none=True)
         try:
             with _autocast(device, amp):
-                logits = model(**inputs)
-                loss = task_loss(logits.float(), y, batch.get("target"), cfg, weight)
+                if mixed is None:
+                    logits = model(**inputs)
+                    loss = task_loss(logits.float(), y, batch.get("target"), cfg, weight)
+                else:
+                    inputs, perm, lam = mixed
+                    logits = model(**inputs).float()
+                    loss = lam * F.cross_entropy(logits, y, weight=weight) + (1.0 - lam) * F.cross_entropy(
+                        logits, y[perm], weight=weight)
             if not torch.isfinite(loss):
                 raise TrainError(f"{where} epoch {st.epoch + 1} batch {batch_no}: loss is {loss.item()}; "
                                  "lower the lr, set grad_clip, or set normalize: fold (and check the inputs: "
@@ -802,6 +839,34 @@ def fit_epoch(model, loader, opt, cfg, st: LoopState, device, amp: bool, scaler,
         if max_steps is not None and st.step >= int(max_steps):
             return n_seen, loss_sum, True
     return n_seen, loss_sum, False
+
+
+def mix_batch(inputs: dict[str, torch.Tensor], alpha: float, where: str
+              ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """Mixup of a batch: ``(mixed inputs, perm, λ)`` with ``x' = λ·x + (1 − λ)·x[perm]``, λ ~ Beta(α, α).
+
+    Float inputs are mixed; boolean padding masks (True = pad) keep a frame unless both items pad it. Draws
+    from torch's generator, which the loop seeds per (seed, fold, epoch): a resumed run mixes the same pairs.
+
+    >>> _ = torch.manual_seed(0)
+    >>> x = {"x": torch.ones(4, 3, 2), "x_mask": torch.zeros(4, 3, dtype=torch.bool)}
+    >>> m, perm, lam = mix_batch(x, 0.4, "demo")
+    >>> m["x"].shape, sorted(perm.tolist()), 0.0 <= lam <= 1.0
+    (torch.Size([4, 3, 2]), [0, 1, 2, 3], True)
+    """
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    n = next(iter(inputs.values())).shape[0]
+    perm = torch.randperm(n).to(next(iter(inputs.values())).device)
+    out = {}
+    for k, v in inputs.items():
+        if v.dtype == torch.bool:
+            out[k] = v & v[perm]
+        elif v.is_floating_point():
+            out[k] = lam * v + (1.0 - lam) * v[perm]
+        else:
+            raise TrainError(f"{where}: mixup cannot mix input {k!r} of dtype {v.dtype} (token ids or lengths); "
+                             "set mixup: null for this model")
+    return out, perm, lam
 
 
 @torch.no_grad()
@@ -917,7 +982,8 @@ def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp
         if sel == "loss":
             rec["val_loss"] = vm["loss"]
         st.history.append(rec)
-        score = -vm["loss"] if sel == "loss" else vm[sel]  # higher is better
+        # higher is better; "last": each epoch beats the one before, so the final weights are kept
+        score = float(epoch) if sel == "last" else -vm["loss"] if sel == "loss" else vm[sel]
         if score > st.best_score:
             st.best_score, st.best_epoch, st.bad_epochs = float(score), epoch, 0
             best_state = _cpu_state(model)

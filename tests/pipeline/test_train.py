@@ -147,6 +147,31 @@ def test_power_noise_has_the_requested_snr():
     assert np.all(y >= x - 1e-4)  # adding power never lowers a bin
 
 
+def test_noise_prob_noises_that_fraction_of_train_and_val_items_and_never_test(synthetic_cv):
+    from pipeline.training.data import FeatureDataset, open_readers
+
+    cv = synthetic_cv()
+    readers = open_readers(cv["features_dir"], ["logmel40"])
+    views = {"x": InputView("x", "logmel40", "sequence", "x_mask")}
+
+    def noised(split: str, prob: float, epoch: int = 1) -> list[bool]:
+        ids = list(cv["folds"].query(f"fold == 0 and split == '{split}'")["utt_id"])
+        ds = FeatureDataset(readers=readers, views=views, utt_ids=ids, labels=[0] * len(ids), split=split,
+                            seed=3, noise_snr_db=30.0, noise_prob=prob)
+        ds.set_epoch(epoch)
+        return [not np.array_equal(ds[i]["x"], np.asarray(readers["logmel40"][u])) for i, u in enumerate(ids)]
+
+    assert all(noised("train", 1.0)) and all(noised("val", 1.0))
+    half = noised("train", 0.5)
+    assert 0.2 < np.mean(half) < 0.8  # clean and noisy items, as the paper's augmented set has
+    assert half != noised("train", 0.5, epoch=2)  # redrawn per epoch
+    assert noised("val", 0.5) == noised("val", 0.5, epoch=2)  # a fixed validation set
+    assert not any(noised("test", 1.0))
+    for bad in (0, 1.5, True):
+        with pytest.raises(TrainError, match="noise_prob"):
+            resolve_train_config({}, {"noise_prob": bad})
+
+
 # ----------------------------------------------------------------------------------------------- training
 
 
@@ -338,6 +363,29 @@ def test_augment_masks_train_items_per_epoch_and_leaves_evaluation_alone(synthet
         _dataset(cv, "train", {"time_mask": 2})
 
 
+def test_mixup_mixes_inputs_and_targets_reproducibly_and_rejects_what_it_cannot_mix(synthetic_cv):
+    from pipeline.training.train import mix_batch
+
+    torch.manual_seed(1)
+    x = torch.arange(8, dtype=torch.float32).view(4, 2, 1)
+    mask = torch.tensor([[False, True], [False, False], [False, True], [False, False]])
+    mixed, perm, lam = mix_batch({"x": x, "x_mask": mask}, 0.4, "t")
+    assert torch.allclose(mixed["x"], lam * x + (1 - lam) * x[perm])
+    assert torch.equal(mixed["x_mask"], mask & mask[perm])  # a frame is padding only if both items pad it
+    with pytest.raises(TrainError, match="tokens"):
+        mix_batch({"tokens": torch.ones(2, 3, dtype=torch.long)}, 0.4, "t")
+    for bad in (0, -1.0, True, "0.2"):
+        with pytest.raises(TrainError, match="mixup"):
+            resolve_train_config({}, {"mixup": bad})
+    with pytest.raises(TrainError, match="classification"):
+        resolve_train_config({}, {"mixup": 0.2, "task": "regression"})
+    assert "mixup" not in resolve_train_config({})  # off: configs (and cache keys) stay as they were
+    cv = synthetic_cv()
+    a, b, plain = _fold(cv, mixup=0.4), _fold(cv, mixup=0.4), _fold(cv)
+    assert a.predictions == b.predictions  # seeded per (seed, fold, epoch)
+    assert [h["train_loss"] for h in a.history] != [h["train_loss"] for h in plain.history]
+
+
 def test_select_on_val_loss_picks_the_epoch_of_lowest_validation_cross_entropy(synthetic_cv):
     from sklearn.metrics import log_loss
 
@@ -352,3 +400,12 @@ def test_select_on_val_loss_picks_the_epoch_of_lowest_validation_cross_entropy(s
     assert r.best_epoch == 1 + int(np.argmin(losses))
     with pytest.raises(TrainError, match="select_on"):
         resolve_train_config({}, {"select_on": "test_ua"})
+
+
+def test_select_on_last_keeps_the_final_epoch_whatever_validation_says(synthetic_cv):
+    cv = synthetic_cv()
+    r = _fold(cv, epochs=3, select_on="last")
+    assert r.best_epoch == r.epochs_run == 3 and len(r.history) == 3
+    assert all("val_ua" in h for h in r.history)  # validation is still scored and recorded
+    with pytest.raises(TrainError, match="closed-form"):
+        resolve_train_config({}, {"select_on": "last", "fit": "sklearn"})
