@@ -122,6 +122,10 @@ REGULARISER_DEFAULTS: dict[str, Any] = {
     # fraction of train/val items given the noise_snr_db noise (None = 1.0: every item, as before); the test
     # split is always clean, so 1.0 trains on a noise floor the test never has — 0.5 mixes clean and noisy items
     "noise_prob": None,
+    # stochastic weight averaging (Izmailov et al. 2018): None | the first epoch whose weights enter the average.
+    # The result is the mean of the weights after each epoch >= swa_start under the run's own lr schedule, with
+    # batch-norm statistics recomputed on the training split; needs select_on: last (no pick on validation)
+    "swa_start": None,
 }
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory")
@@ -173,6 +177,7 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
     if cfg["loss"] != "cross_entropy":
         raise TrainError(f"loss {cfg['loss']!r} is not supported (cross_entropy only)")
     _check_mixup(cfg)
+    _check_swa(cfg)
     prob = cfg.get("noise_prob")
     if prob is not None and (isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1):
         raise TrainError(f"noise_prob must be null (every item) or a fraction in (0, 1], got {prob!r}")
@@ -191,6 +196,17 @@ def _check_mixup(cfg: Mapping[str, Any]) -> None:
         raise TrainError(f"mixup must be null (off) or a Beta concentration α > 0 (0.2–0.4 is usual), got {alpha!r}")
     if task_of(cfg) != "classification" or cfg["fit"] != "gradient":
         raise TrainError("mixup mixes class targets: it needs task: classification and fit: gradient")
+
+
+def _check_swa(cfg: Mapping[str, Any]) -> None:
+    start = cfg.get("swa_start")
+    if start is None:
+        return
+    if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= int(cfg["epochs"]):
+        raise TrainError(f"swa_start must be null (off) or an epoch in 1..epochs ({cfg['epochs']}), got {start!r}")
+    if cfg["select_on"] != "last" or cfg["fit"] != "gradient":
+        raise TrainError("swa_start averages the weights of the last epochs instead of picking one epoch on "
+                         "validation: set select_on: last (with fit: gradient)")
 
 
 def task_of(cfg: Mapping[str, Any]) -> str:
@@ -682,6 +698,7 @@ class LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     train_samples: int = 0
     train_time: float = 0.0
+    swa_n: int = 0  # epochs averaged so far (swa_start); the average is checkpointed in swa.safetensors
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -955,6 +972,7 @@ def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp
     best_state = None
     if ckpt is not None and (ckpt / "best.safetensors").exists() and st.best_epoch > 0:
         best_state = load_file(str(ckpt / "best.safetensors"))
+    averaged = _weight_average(model, cfg, ckpt, st, device, where)
     max_steps, epochs, patience = cfg.get("max_steps"), int(cfg["epochs"]), cfg.get("patience")
     sel = cfg["select_on"].removeprefix("val_")
     task = task_of(cfg)
@@ -997,11 +1015,75 @@ def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp
         st.epoch = epoch
         log(f"{where} epoch {epoch}: loss {rec['train_loss']:.4f} {_val_text(vm)}"
             f"{' *' if st.best_epoch == epoch else ''}")
+        if averaged is not None and epoch >= int(cfg["swa_start"]):
+            averaged.update_parameters(model)
+            st.swa_n += 1
+            if ckpt is not None:  # before state.pt: a resume never averages an epoch twice
+                _save_weights(ckpt / "swa.safetensors", _cpu_state(averaged), epoch)
         if ckpt is not None:
             save_checkpoint(ckpt, model, opt, sched, st.to_dict())
     if best_state is None:
         raise TrainError(f"{where}: no epoch was trained (epochs={epochs}, max_steps={max_steps})")
+    if averaged is not None and st.swa_n:
+        best_state = _finish_average(model, averaged, ds["train"], data, cfg, device, amp)
+        if ckpt is not None:
+            _save_weights(ckpt / "best.safetensors", best_state, st.epoch)
+        log(f"{where}: weights averaged over epochs {cfg['swa_start']}-{st.epoch} ({st.swa_n}); batch-norm "
+            "statistics recomputed on the training split")
     return st, best_state, resumed_from
+
+
+def _weight_average(model, cfg, ckpt, st: LoopState, device, where: str):
+    """The running weight average of ``swa_start`` (torch's ``AveragedModel``), restored from a checkpoint
+    when resuming, or None when the setting is off."""
+    if cfg.get("swa_start") is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    averaged = AveragedModel(model)
+    path = None if ckpt is None else ckpt / "swa.safetensors"
+    if st.swa_n and path is not None and path.exists():
+        averaged.load_state_dict(load_file(str(path), device=str(device)))
+        if int(averaged.n_averaged) != st.swa_n:
+            raise TrainError(f"{where}: {path} averages {int(averaged.n_averaged)} epochs, the checkpoint says "
+                             f"{st.swa_n}; delete {ckpt} to train the fold again")
+    elif st.swa_n:
+        raise TrainError(f"{where}: resuming after epoch {st.epoch} needs {path}, which is missing; delete "
+                         f"{ckpt} to train the fold again")
+    return averaged
+
+
+def _finish_average(model, averaged, train_ds, data: FoldData, cfg, device, amp) -> dict[str, torch.Tensor]:
+    """Load the averaged weights into ``model`` and recompute its batch-norm statistics on the training split
+    (the running statistics of single epochs do not describe averaged weights); returns the state."""
+    with torch.no_grad():
+        mean = dict(averaged.module.named_parameters())
+        for name, p in model.named_parameters():
+            p.copy_(mean[name])
+    seed_everything(stable_seed(cfg["seed"], data.fold, "swa"))  # dropout is on while the statistics are taken
+    recompute_batchnorm(model, _loader(train_ds, data, cfg, shuffle=False, seed=0), device, amp)
+    return _cpu_state(model)
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> bool:
+    """Running mean/var of every batch-norm layer re-estimated over ``loader`` (a cumulative average, as
+    ``torch.optim.swa_utils.update_bn``, which cannot pass keyword inputs); False when the model has none."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for batch in loader:
+        with _autocast(device, amp):
+            model(**_model_inputs(batch, device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+    return True
 
 
 def _final_result(model, data: FoldData, ds, cfg, st: LoopState, val_loader, device, amp, t_start,

@@ -215,6 +215,32 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(synthetic_cv, tmp_p
     assert (tmp_path / "resumed" / "best.safetensors").exists()
 
 
+def test_swa_averages_the_weights_of_its_epochs_recomputes_batchnorm_and_resumes(synthetic_cv, tmp_path):
+    from safetensors.torch import load_file
+
+    cv = synthetic_cv()
+    last = {"select_on": "last"}
+    _fold(cv, tmp_path / "e2", epochs=2, **last), _fold(cv, tmp_path / "e3", epochs=3, **last)
+    w2, w3 = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("e2", "e3"))
+    swa = _fold(cv, tmp_path / "swa", epochs=3, swa_start=2, **last)
+    avg = load_file(str(tmp_path / "swa" / "best.safetensors"))
+    params = [k for k in avg if "running_" not in k and "num_batches" not in k]
+    for k in params:  # the mean of the weights after epochs 2 and 3, per-epoch seeding making them the same
+        assert torch.allclose(avg[k], (w2[k] + w3[k]) / 2, atol=1e-6), k
+    stats = [k for k in avg if "running_mean" in k]
+    assert stats and not all(torch.equal(avg[k], w3[k]) for k in stats)  # re-estimated for the average
+    assert swa.best_epoch == 3
+    part = _fold(cv, tmp_path / "swa-resumed", epochs=2, swa_start=2, **last)
+    assert part.epochs_run == 2
+    resumed = _fold(cv, tmp_path / "swa-resumed", epochs=3, swa_start=2, **last)
+    assert resumed.resumed_from_epoch == 2 and resumed.predictions == swa.predictions
+    with pytest.raises(TrainError, match="select_on: last"):
+        resolve_train_config({}, {"swa_start": 2, "epochs": 3})
+    for bad in (0, 4, True, 1.5):
+        with pytest.raises(TrainError, match="swa_start"):
+            resolve_train_config({}, {"swa_start": bad, "epochs": 3, "select_on": "last"})
+
+
 def test_max_steps_and_patience_stop_early(synthetic_cv):
     cv = synthetic_cv()
     r = _fold(cv, epochs=5, max_steps=3, batch_size=2)  # 8 train utterances: 4 steps per epoch
