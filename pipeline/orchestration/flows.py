@@ -733,6 +733,13 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
         reasons.append("normalize: speaker standardises each test speaker with its own unlabelled audio")
     if train_cfg.get("augment"):
         reasons.append("augment (SpecAugment masks, random offset) is not the paper's recipe")
+    for key, what in (("mixup", "mixup"), ("swa_start", "swa_start (weight averaging)")):
+        if train_cfg.get(key):
+            reasons.append(f"{what} is not the paper's recipe")
+    paper_noise, run_noise = info.train.get("noise_snr_db"), train_cfg.get("noise_snr_db")
+    if paper_noise is not None and (run_noise != paper_noise or (train_cfg.get("noise_prob") or 1.0) != 1.0):
+        reasons.append(f"input noise (noise_snr_db {run_noise}, noise_prob {train_cfg.get('noise_prob') or 1.0}) "
+                       f"differs from the paper's ({paper_noise} dB on every train/validation item)")
     paper_select, run_select = info.train.get("select_on"), train_cfg.get("select_on")
     if paper_select and run_select not in (None, paper_select, "val_ccc"):  # val_ccc: flagged by task below
         reasons.append(f"selects epochs on {run_select}, the paper on {paper_select}")
