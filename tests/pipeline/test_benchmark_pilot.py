@@ -1,0 +1,31 @@
+"""benchmarks/pilot.py: every fold of one model on a benchmark-style workspace, rows appended to a JSON list."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from models import tiny_config
+from tests.conftest import build_synthetic_cv
+
+
+def test_pilot_pools_its_folds_and_appends_rows(tmp_path):
+    from benchmarks.pilot import main
+
+    work = tmp_path / "work"
+    cv = build_synthetic_cv(work / "data")
+    train = {"epochs": 1, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1}
+    params = {"folds": {"plans": [cv["plan"]]}, "train": {"models": ["ilt"], "seed": 0},
+              "models": {"ilt": {"fold_plan": cv["plan"], **tiny_config("ilt"), "train": train}}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "pilots.json"
+    args = ["ilt", "--tag", "one fold", "--folds", "0", "--workdir", str(work), "--out", str(out),
+            "--set", '{"train": {"select_on": "last"}}']
+    row = main(args)
+    assert row["overrides"] == {"train": {"select_on": "last"}} and [f["fold"] for f in row["folds"]] == [0]
+    assert row["folds"][0]["best_epoch"] == 1  # the override reached the fold's training
+    assert row["ua_pooled"] * 100 == pytest.approx(row["folds"][0]["test_ua"])  # one fold: pooled = fold
+    main(args)
+    assert [r["tag"] for r in json.loads(out.read_text())] == ["one fold", "one fold"]
