@@ -16,7 +16,9 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -37,46 +39,72 @@ def fold_settings(params: dict, model: str, overrides: dict) -> tuple[dict, dict
     return mp, tp
 
 
+@dataclass
+class Workspace:
+    """What a fold needs from a benchmark workspace, with a pilot's overrides applied."""
+
+    plan: str
+    manifest: Any
+    folds: Any
+    features_dir: Path
+    model_params: dict
+    train_params: dict
+
+
+def load_workspace(workdir: str | Path, model: str, overrides: dict, plan: str | None = None) -> Workspace:
+    """The params, manifest and fold plan of ``workdir`` (as ``benchmarks.accuracy`` built it) for ``model``."""
+    import pandas as pd
+    import yaml
+
+    work = Path(workdir)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    mp, tp = fold_settings(params, model, overrides)
+    plan = plan or (params["models"].get(model) or {}).get("fold_plan") or params["folds"]["plans"][0]
+    return Workspace(plan, pd.read_parquet(work / "data" / "manifest.parquet"),
+                     pd.read_parquet(work / "data" / "folds" / f"{plan}.parquet"), work / "data" / "features", mp, tp)
+
+
+def add_workspace_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--workdir", default=".emoflow/bench-ravdess", help="a workspace benchmarks.accuracy built")
+    ap.add_argument("--set", default="{}", help='JSON overrides: {"train": {...}, "model": {...}}')
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="append the row to this JSON list")
+
+
+def append_row(out: str | Path | None, row: dict) -> None:
+    if out:
+        out = Path(out)
+        rows = json.loads(out.read_text()) if out.exists() else []
+        out.write_text(json.dumps(rows + [row], indent=2, default=str) + "\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("fold", type=int)
-    ap.add_argument("--workdir", default=".emoflow/bench-ravdess", help="a workspace benchmarks.accuracy built")
     ap.add_argument("--plan", default=None, help="fold plan (default: the model's fold_plan in the params)")
-    ap.add_argument("--set", default="{}", help='JSON overrides: {"train": {...}, "model": {...}}')
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="append the row to this JSON list")
+    add_workspace_args(ap)
     args = ap.parse_args(argv)
 
-    import pandas as pd
     import torch
-    import yaml
 
     sys.path.insert(0, str(ROOT))
     from benchmarks.accuracy import machine_info
     from pipeline.training.train import train_fold
 
-    work = Path(args.workdir)
-    params = yaml.safe_load((work / "params.yaml").read_text())
     overrides = json.loads(args.set)
-    mp, tp = fold_settings(params, args.model, overrides)
-    plan = args.plan or (params["models"].get(args.model) or {}).get("fold_plan") or params["folds"]["plans"][0]
-    manifest = pd.read_parquet(work / "data" / "manifest.parquet")
-    folds = pd.read_parquet(work / "data" / "folds" / f"{plan}.parquet")
+    ws = load_workspace(args.workdir, args.model, overrides, args.plan)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    r = train_fold(args.model, args.fold, manifest=manifest, folds=folds, features_dir=work / "data" / "features",
-                   model_params=mp, train_params=tp, log=lambda s: print(s, flush=True))
-    row = {"model": args.model, "fold": args.fold, "plan": plan, "overrides": overrides,
+    r = train_fold(args.model, args.fold, manifest=ws.manifest, folds=ws.folds, features_dir=ws.features_dir,
+                   model_params=ws.model_params, train_params=ws.train_params, log=lambda s: print(s, flush=True))
+    row = {"model": args.model, "fold": args.fold, "plan": ws.plan, "overrides": overrides,
            "test": {k: r.test[k] for k in ("ua", "wa", "macro_f1", "per_class_recall") if k in r.test},
            "val": {k: r.val[k] for k in ("ua", "wa") if k in r.val}, "best_epoch": r.best_epoch,
            "epochs_run": r.epochs_run, "history": r.history, "wall_s": time.perf_counter() - t0,
            "machine": machine_info()}
     print(json.dumps({k: row[k] for k in ("test", "val", "best_epoch", "epochs_run", "wall_s")}))
-    if args.out:
-        out = Path(args.out)
-        rows = json.loads(out.read_text()) if out.exists() else []
-        out.write_text(json.dumps(rows + [row], indent=2, default=str) + "\n")
+    append_row(args.out, row)
     return row
 
 

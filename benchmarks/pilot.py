@@ -21,57 +21,44 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.diagnose_fold import add_workspace_args, append_row, load_workspace  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--tag", required=True, help="a name for this setting in the results")
-    ap.add_argument("--set", default="{}", help='JSON overrides: {"train": {...}, "model": {...}}')
     ap.add_argument("--folds", type=int, nargs="*", default=None, help="default: every fold of the plan")
-    ap.add_argument("--workdir", default=".emoflow/bench-ravdess", help="a workspace benchmarks.accuracy built")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="append the row to this JSON list")
+    add_workspace_args(ap)
     args = ap.parse_args(argv)
 
-    import pandas as pd
     import torch
-    import yaml
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-    sys.path.insert(0, str(ROOT))
     from benchmarks.accuracy import machine_info
-    from benchmarks.diagnose_fold import fold_settings
     from pipeline.training.train import train_fold
 
-    work = Path(args.workdir)
-    params = yaml.safe_load((work / "params.yaml").read_text())
     overrides = json.loads(args.set)
-    mp, tp = fold_settings(params, args.model, overrides)
-    plan = (params["models"].get(args.model) or {}).get("fold_plan") or params["folds"]["plans"][0]
-    manifest = pd.read_parquet(work / "data" / "manifest.parquet")
-    folds = pd.read_parquet(work / "data" / "folds" / f"{plan}.parquet")
+    ws = load_workspace(args.workdir, args.model, overrides)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     true, pred, per_fold = [], [], []
-    for fold in args.folds if args.folds is not None else sorted(folds["fold"].unique()):
-        r = train_fold(args.model, int(fold), manifest=manifest, folds=folds,
-                       features_dir=work / "data" / "features", model_params=mp, train_params=tp,
-                       log=lambda s: None)
+    for fold in args.folds if args.folds is not None else sorted(ws.folds["fold"].unique()):
+        r = train_fold(args.model, int(fold), manifest=ws.manifest, folds=ws.folds, features_dir=ws.features_dir,
+                       model_params=ws.model_params, train_params=ws.train_params, log=lambda s: None)
         true += r.predictions["label"]
         pred += r.predictions["pred"]
         per_fold.append({"fold": int(fold), "test_ua": r.test["ua"], "val_ua": r.val["ua"],
                          "best_epoch": r.best_epoch, "epochs_run": r.epochs_run})
         print(f"{args.tag} {per_fold[-1]}", flush=True)
-    row = {"model": args.model, "tag": args.tag, "plan": plan, "overrides": overrides,
+    row = {"model": args.model, "tag": args.tag, "plan": ws.plan, "overrides": overrides,
            "ua_pooled": balanced_accuracy_score(true, pred), "wa_pooled": accuracy_score(true, pred),
            "folds": per_fold, "wall_s": time.perf_counter() - t0, "threads": args.threads,
            "machine": machine_info()}
     print(json.dumps({k: row[k] for k in ("model", "tag", "ua_pooled", "wa_pooled", "wall_s")}))
-    if args.out:
-        out = Path(args.out)
-        rows = json.loads(out.read_text()) if out.exists() else []
-        out.write_text(json.dumps(rows + [row], indent=2, default=str) + "\n")
+    append_row(args.out, row)
     return row
 
 
