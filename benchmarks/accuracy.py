@@ -263,16 +263,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def merge_results(main_path: Path, extra_path: Path) -> dict[str, Any]:
-    """Rows of ``extra`` (same workspace, same folds) appended to ``main``; Δ UA recomputed against main's
-    classical row; ``extra``'s machine and wall time kept under ``runs``."""
+    """Rows of ``extra`` (same folds and features) appended to ``main``; Δ UA recomputed against main's
+    classical row; ``extra``'s machine and wall time kept under ``runs``. A row both files have (the baseline
+    retrained beside the extra rows) must give the same scores in both — it is then kept once — else the files
+    are not from the same folds and features, and nothing is merged."""
     main, extra = json.loads(main_path.read_text()), json.loads(extra_path.read_text())
     if main["corpus_root"] != extra["corpus_root"] or main["params_file"] != extra["params_file"]:
         raise SystemExit(f"{extra_path}: another corpus or params file than {main_path}; not merged")
-    main["rows"] += extra["rows"]
+    have = {(r["model"], r["kind"]): r for r in main["rows"]}
+    reproduced = []
+    for r in extra["rows"]:
+        twin = have.get((r["model"], r["kind"]))
+        if twin is None:
+            main["rows"].append(r)
+        elif twin["ua"] == r["ua"] and twin["wa"] == r["wa"]:  # e.g. classical retrained beside the extra rows
+            reproduced.append(r["model"])
+        else:
+            raise SystemExit(f"{extra_path}: {r['model']} ({r['kind']}) gives UA {r['ua']['pooled']:.4f} there and "
+                             f"{twin['ua']['pooled']:.4f} in {main_path}: not the same folds and features; not merged")
     set_deltas(main["rows"])
     main["sum_of_model_train_s"] = sum(r["train_s"] for r in main["rows"])
     main.setdefault("runs", []).append({"file": extra_path.name, "total_wall_s": extra["total_wall_s"],
-                                        "machine": extra["machine"]})
+                                        "machine": extra["machine"], "reproduced_rows": reproduced})
     main_path.write_text(json.dumps(main, indent=2, default=str) + "\n")
     print(markdown_table(main))
     return main

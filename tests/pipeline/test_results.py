@@ -120,3 +120,27 @@ def test_accuracy_benchmark_reads_a_finished_run_from_the_two_files(tmp_path):
     assert row["per_class_recall_pooled"] == {c: v["pooled"] for c, v in full["per_class_recall"].items()}
     assert row["fold_plan"] == "loso" and row["best_epochs"] == [1] and row["train_s"] == 3.5
     assert row["ua_minus_classical"] == pytest.approx(full["ua"]["pooled"] / 100 - 0.5)
+
+
+def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a_different_one(tmp_path):
+    from benchmarks.accuracy import merge_results
+
+    def row(model, ua, kind="paper model"):
+        score = {"pooled": ua, "mean": ua, "std": 0.0}
+        return {"model": model, "kind": kind, "ua": score, "wa": score, "macro_f1": score, "train_s": 1.0}
+
+    def write(name, rows):
+        path = tmp_path / name
+        machine = {"cpu": "x", "cores": 2, "torch": "2"}
+        path.write_text(json.dumps({"corpus_root": "/c", "params_file": "p.yaml", "total_wall_s": 1.0,
+                                    "machine": machine, "rows": rows}))
+        return path
+
+    main = write("main.json", [row("classical", 0.6, "baseline"), row("ilt", 0.62)])
+    merged = merge_results(main, write("extra.json", [row("classical", 0.6, "baseline"), row("cat", 0.65)]))
+    assert [r["model"] for r in merged["rows"]] == ["classical", "ilt", "cat"]
+    assert merged["rows"][2]["ua_minus_classical"] == pytest.approx(0.05)
+    assert merged["runs"][0]["reproduced_rows"] == ["classical"]
+    with pytest.raises(SystemExit, match="not the same folds"):
+        merge_results(main, write("other.json", [row("classical", 0.58, "baseline")]))
+    assert len(json.loads(main.read_text())["rows"]) == 3  # the refused merge wrote nothing
