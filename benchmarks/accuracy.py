@@ -282,12 +282,34 @@ def merge_results(main_path: Path, extra_path: Path) -> dict[str, Any]:
             raise SystemExit(f"{extra_path}: {r['model']} ({r['kind']}) gives UA {r['ua']['pooled']:.4f} there and "
                              f"{twin['ua']['pooled']:.4f} in {main_path}: not the same folds and features; not merged")
     set_deltas(main["rows"])
+    if "significance" in main or "significance" in extra:
+        main["significance"] = merge_significance(main, extra, extra_path)
     main["sum_of_model_train_s"] = sum(r["train_s"] for r in main["rows"])
     main.setdefault("runs", []).append({"file": extra_path.name, "total_wall_s": extra["total_wall_s"],
                                         "machine": extra["machine"], "reproduced_rows": reproduced})
     main_path.write_text(json.dumps(main, indent=2, default=str) + "\n")
     print(markdown_table(main))
     return main
+
+
+def merge_significance(main: dict[str, Any], extra: dict[str, Any], extra_path: Path) -> dict[str, Any] | None:
+    """Both files' ``significance`` rows, each row once. Extra's verdicts were computed against its own baseline
+    row, so they are taken over only when that row's bootstrap interval is main's to the last digit (same
+    predictions, same resampling); otherwise the block is dropped (rerun ``--significance`` on one workspace)."""
+    a, b = main.get("significance"), extra.get("significance")
+    same = ("method", "n_boot", "seed", "level", "baseline")
+    if not a or not b or any(a[k] != b[k] for k in same):
+        print(f"{extra_path}: significance blocks missing or computed differently; block dropped from the merge")
+        return None
+    base = {(r["model"], r["kind"]): r for r in a["rows"]}
+    for r in b["rows"]:
+        twin = base.get((r["model"], r["kind"]))
+        if twin is None:
+            a["rows"].append(r)
+        elif twin["ua_ci"] != r["ua_ci"]:
+            print(f"{extra_path}: {r['model']} ({r['kind']}) has another bootstrap interval there; block dropped")
+            return None
+    return a
 
 
 def set_deltas(rows: list[dict[str, Any]]) -> None:

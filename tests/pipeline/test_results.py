@@ -129,11 +129,16 @@ def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a
         score = {"pooled": ua, "mean": ua, "std": 0.0}
         return {"model": model, "kind": kind, "ua": score, "wa": score, "macro_f1": score, "train_s": 1.0}
 
-    def write(name, rows):
+    def sig(rows, classical_ci=(0.55, 0.65)):
+        return {"method": "bootstrap", "n_boot": 10, "seed": 0, "level": 0.95, "baseline": "classical",
+                "rows": [{"model": r["model"], "kind": r["kind"], "n": 8, "ua": r["ua"]["pooled"],
+                          "ua_ci": list(classical_ci if r["model"] == "classical" else (0.5, 0.7))} for r in rows]}
+
+    def write(name, rows, **sig_kw):
         path = tmp_path / name
         machine = {"cpu": "x", "cores": 2, "torch": "2"}
         path.write_text(json.dumps({"corpus_root": "/c", "params_file": "p.yaml", "total_wall_s": 1.0,
-                                    "machine": machine, "rows": rows}))
+                                    "machine": machine, "rows": rows, "significance": sig(rows, **sig_kw)}))
         return path
 
     main = write("main.json", [row("classical", 0.6, "baseline"), row("ilt", 0.62)])
@@ -141,6 +146,12 @@ def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a
     assert [r["model"] for r in merged["rows"]] == ["classical", "ilt", "cat"]
     assert merged["rows"][2]["ua_minus_classical"] == pytest.approx(0.05)
     assert merged["runs"][0]["reproduced_rows"] == ["classical"]
+    # the verdicts of both runs, the shared baseline once
+    assert [r["model"] for r in merged["significance"]["rows"]] == ["classical", "ilt", "cat"]
+    # a baseline with the same scores but another bootstrap interval: the verdicts are not comparable, block dropped
+    again = merge_results(main, write("extra2.json", [row("classical", 0.6, "baseline"), row("rlc", 0.5)],
+                                      classical_ci=(0.5, 0.66)))
+    assert again["significance"] is None and [r["model"] for r in again["rows"]][-1] == "rlc"
     with pytest.raises(SystemExit, match="not the same folds"):
         merge_results(main, write("other.json", [row("classical", 0.58, "baseline")]))
-    assert len(json.loads(main.read_text())["rows"]) == 3  # the refused merge wrote nothing
+    assert len(json.loads(main.read_text())["rows"]) == 4  # the refused merge wrote nothing
