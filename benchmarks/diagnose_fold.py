@@ -71,6 +71,13 @@ def add_workspace_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", default=None, help="append the row to this JSON list")
 
 
+def emit_row(row: dict, shown: tuple[str, ...], out: str | Path | None) -> dict:
+    """Print the ``shown`` keys of ``row`` as one JSON line and append the whole row to ``out`` (if given)."""
+    print(json.dumps({k: row[k] for k in shown}))
+    append_row(out, row)
+    return row
+
+
 def append_row(out: str | Path | None, row: dict) -> None:
     if out:
         out = Path(out)
@@ -103,9 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
            "val": {k: r.val[k] for k in ("ua", "wa") if k in r.val}, "best_epoch": r.best_epoch,
            "epochs_run": r.epochs_run, "history": r.history, "wall_s": time.perf_counter() - t0,
            "machine": machine_info()}
-    print(json.dumps({k: row[k] for k in ("test", "val", "best_epoch", "epochs_run", "wall_s")}))
-    append_row(args.out, row)
-    return row
+    return emit_row(row, ("test", "val", "best_epoch", "epochs_run", "wall_s"), args.out)
 
 
 if __name__ == "__main__":

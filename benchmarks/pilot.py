@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.diagnose_fold import add_workspace_args, append_row, load_workspace  # noqa: E402
+from benchmarks.diagnose_fold import add_workspace_args, emit_row, load_workspace  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
            "ua_pooled": balanced_accuracy_score(true, pred), "wa_pooled": accuracy_score(true, pred),
            "folds": per_fold, "wall_s": time.perf_counter() - t0, "threads": args.threads,
            "machine": machine_info()}
-    print(json.dumps({k: row[k] for k in ("model", "tag", "ua_pooled", "wa_pooled", "wall_s")}))
-    append_row(args.out, row)
-    return row
+    return emit_row(row, ("model", "tag", "ua_pooled", "wa_pooled", "wall_s"), args.out)
 
 
 if __name__ == "__main__":
