@@ -302,14 +302,12 @@ def merge_significance(main: dict[str, Any], extra: dict[str, Any], extra_path: 
         print(f"{extra_path}: significance blocks missing or computed differently; block dropped from the merge")
         return None
     base = {(r["model"], r["kind"]): r for r in a["rows"]}
-    for r in b["rows"]:
-        twin = base.get((r["model"], r["kind"]))
-        if twin is None:
-            a["rows"].append(r)
-        elif twin["ua_ci"] != r["ua_ci"]:
-            print(f"{extra_path}: {r['model']} ({r['kind']}) has another bootstrap interval there; block dropped")
-            return None
-    return a
+    clash = [r for r in b["rows"] if (r["model"], r["kind"]) in base and base[r["model"], r["kind"]]["ua_ci"] != r["ua_ci"]]
+    if clash:
+        print(f"{extra_path}: {clash[0]['model']} ({clash[0]['kind']}) has another bootstrap interval there; "
+              "block dropped")
+        return None
+    return {**a, "rows": a["rows"] + [r for r in b["rows"] if (r["model"], r["kind"]) not in base]}
 
 
 def set_deltas(rows: list[dict[str, Any]]) -> None:
