@@ -16,8 +16,9 @@ Reproducibility
 Checkpoints (``checkpoint_dir``)
     After every epoch: ``last.safetensors`` (model weights, safetensors) and ``state.pt`` (optimizer/scheduler
     state, epoch, selection state and history: tensors and plain Python values only, read back with
-    ``torch.load(weights_only=True)`` — nothing arbitrary is unpickled). Both are written to temp files and renamed;
-    their epoch numbers must agree or the checkpoint is ignored. ``best.safetensors`` holds the selected weights.
+    ``torch.load(weights_only=True)`` — nothing arbitrary is unpickled). Both are written to temp files and renamed,
+    weights first; the previous weights stay as ``prev.safetensors``, so a kill between the two writes resumes from
+    the epoch ``state.pt`` names. ``best.safetensors`` holds the selected weights.
     A killed fold restarts from its last finished epoch.
 
 AMP: on CUDA, autocast to bfloat16 where supported (else float16 with a GradScaler); CPU runs in float32.
@@ -27,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import os
+import shutil
 import random
 import threading
 import time
@@ -620,29 +623,61 @@ def _save_weights(path: Path, state: dict[str, torch.Tensor], epoch: int) -> Non
     _atomic(path, lambda p: save_file(state, str(p), metadata={"epoch": str(epoch)}), _nbytes(state))
 
 
+def _keep_previous_weights(last: Path, prev: Path) -> None:
+    """Hard-link ``last`` to ``prev`` (a copy where links are refused) so a kill between the weights and the
+    state write still leaves the weights of the epoch ``state.pt`` names."""
+    if not last.exists():
+        return
+    tmp = prev.with_name(prev.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)
+    except OSError:
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, prev)
+
+
 def save_checkpoint(ckpt_dir: Path, model, opt, sched, state: dict[str, Any]) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     epoch = str(state["epoch"])
     weights = _cpu_state(model)
-    _atomic(ckpt_dir / "last.safetensors", lambda p: save_file(weights, str(p), metadata={"epoch": epoch}),
-            _nbytes(weights))
+    last = ckpt_dir / "last.safetensors"
+    _keep_previous_weights(last, ckpt_dir / "prev.safetensors")
+    _atomic(last, lambda p: save_file(weights, str(p), metadata={"epoch": epoch}), _nbytes(weights))
     payload = dict(state, optimizer=opt.state_dict(), scheduler=sched.state_dict() if sched else None)
-    _atomic(ckpt_dir / "state.pt", lambda p: torch.save(payload, p), 2 * _nbytes(weights))  # Adam: 2 moments
+    # Serialised in memory first: torch's zip writer reports a full disk as an opaque iostream RuntimeError,
+    # a plain file write as ENOSPC/EFBIG, which _atomic turns into a DiskFullError with the size needed.
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getbuffer()
+    _atomic(ckpt_dir / "state.pt", lambda p: p.write_bytes(data), data.nbytes)
+
+
+def _weights_epoch(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    if not path.exists():
+        return None
+    with safe_open(str(path), "pt") as f:
+        return (f.metadata() or {}).get("epoch")
 
 
 def load_checkpoint(ckpt_dir: Path, model, opt, sched, device) -> dict[str, Any] | None:
-    """Restore the last finished epoch, or None when there is no consistent checkpoint."""
-    mpath, spath = ckpt_dir / "last.safetensors", ckpt_dir / "state.pt"
-    if not (mpath.exists() and spath.exists()):
+    """Restore the last finished epoch, or None when there is no consistent checkpoint.
+
+    ``state.pt`` is written last, so it names the last finished epoch; its weights are ``last.safetensors``,
+    or ``prev.safetensors`` when the process died after the new weights but before the new state.
+    """
+    spath = ckpt_dir / "state.pt"
+    if not spath.exists():
         return None
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(mpath), "pt") as f:
-            model_epoch = (f.metadata() or {}).get("epoch")
         state = torch.load(spath, map_location="cpu", weights_only=True)
-        if str(state.get("epoch")) != model_epoch:
-            warnings.warn(f"{ckpt_dir}: weights and optimizer state are from different epochs; starting over",
+        epoch = str(state.get("epoch"))
+        mpath = next((p for p in (ckpt_dir / "last.safetensors", ckpt_dir / "prev.safetensors")
+                      if _weights_epoch(p) == epoch), None)
+        if mpath is None:
+            warnings.warn(f"{ckpt_dir}: no weights for epoch {epoch} named by state.pt; starting over",
                           stacklevel=2)
             return None
         model.load_state_dict(load_file(str(mpath), device=str(device)))

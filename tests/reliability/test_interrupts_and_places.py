@@ -4,7 +4,8 @@
   one line, exit 143/130, finished shards kept, lock and temp files cleaned up on the way out; the rerun resumes
   and writes the bytes of an uninterrupted run.
 * A checkpoint write that hits a file-size limit (RLIMIT_FSIZE in a child): one DiskFullError line naming the
-  file and the space needed; the previous checkpoint is unchanged and still loads.
+  file and the space needed; the previous checkpoint is unchanged and still loads. One that lets the weights
+  through but refuses the optimizer state (the window a SIGKILL can hit) resumes from the epoch state.pt names.
 * A directory where the feature file belongs, and an output folder the kernel refuses to create, each one line,
   exit 2.
 """
@@ -136,7 +137,50 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     assert "needs about 361.2 KB" in refused[0] and "free" in refused[0] and "previous last.safetensors is kept" \
         in refused[0]
     assert "RESUMES FROM EPOCH 1" in p.stdout
-    assert "FILES ['last.safetensors', 'state.pt']" in p.stdout  # no temp file left
+    assert "FILES ['last.safetensors', 'prev.safetensors', 'state.pt']" in p.stdout  # no temp file left
+
+
+_HALF_CHECKPOINT = """
+import sys, signal, resource, torch
+sys.path[:0] = [{root!r}]
+from pathlib import Path
+from safetensors.torch import load_file
+from features.errors import DiskFullError
+from pipeline.training.train import load_checkpoint, save_checkpoint
+torch.manual_seed(0)
+model = torch.nn.Linear(300, 300)
+opt = torch.optim.Adam(model.parameters())
+model(torch.ones(1, 300)).sum().backward()
+opt.step()  # Adam's two moments now exist: state.pt is about twice the weights
+ckpt = Path({ckpt!r})
+save_checkpoint(ckpt, model, opt, None, {{"epoch": 1}})
+epoch1 = {{k: v.clone() for k, v in model.state_dict().items()}}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))  # the weights (361 KB) fit, the state does not
+with torch.no_grad():
+    model.weight += 1
+try:
+    save_checkpoint(ckpt, model, opt, None, {{"epoch": 2}})
+    print("NOT REFUSED")
+except DiskFullError as e:
+    print("REFUSED", e)
+print("LAST IS EPOCH 2", bool((load_file(str(ckpt / "last.safetensors"))["weight"] != epoch1["weight"]).all()))
+fresh = torch.nn.Linear(300, 300)
+state = load_checkpoint(ckpt, fresh, torch.optim.Adam(fresh.parameters()), None, "cpu")
+print("RESUMES FROM EPOCH", state["epoch"])
+print("EPOCH 1 WEIGHTS", all(torch.equal(fresh.state_dict()[k], v) for k, v in epoch1.items()))
+"""
+
+
+def test_weights_written_but_state_refused_resumes_from_the_epoch_state_names(tmp_path):
+    """The window a SIGKILL can hit: new weights on disk, optimizer state still the previous epoch's."""
+    ckpt = tmp_path / "ckpt"
+    p = subprocess.run([sys.executable, "-c", _HALF_CHECKPOINT.format(root=str(ROOT), ckpt=str(ckpt))],
+                       env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert any(ln.startswith("REFUSED") and "state.pt" in ln for ln in p.stdout.splitlines()), p.stdout
+    assert "LAST IS EPOCH 2 True" in p.stdout
+    assert "RESUMES FROM EPOCH 1" in p.stdout and "EPOCH 1 WEIGHTS True" in p.stdout
 
 
 def test_a_directory_at_the_feature_path_is_refused_before_any_work(good_store, tmp_path):
