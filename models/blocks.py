@@ -151,6 +151,39 @@ class AttentionPooling(nn.Module):
         return torch.bmm(beta.unsqueeze(1), x).squeeze(1)
 
 
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """``BatchNorm1d`` whose training statistics (and running averages) come from valid frames only.
+
+    Plain BatchNorm over a padded batch counts padded frames as data: the batch mean and variance, and so the
+    running statistics used at evaluation, depend on how much padding the batch carried. With ``mask=None`` or
+    in eval mode it is exactly ``nn.BatchNorm1d``. Shapes: ``x`` (B, C, T), ``mask`` (B, T) True = pad → (B, C, T).
+
+    >>> bn = MaskedBatchNorm1d(1, affine=False)
+    >>> x = torch.tensor([[[1.0, 3.0, 0.0, 0.0]]])
+    >>> bn(x, torch.tensor([[False, False, True, True]]))[0, 0, :2].round(decimals=3).tolist()  # mean 2, var 1
+    [-1.0, 1.0]
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None or not self.training:
+            return super().forward(x)
+        keep = (~mask).unsqueeze(1).to(x.dtype)  # (B, 1, T)
+        n = keep.sum().clamp(min=1.0)
+        mean = (x * keep).sum(dim=(0, 2)) / n
+        var = ((x - mean.view(1, -1, 1)) ** 2 * keep).sum(dim=(0, 2)) / n
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * n / (n - 1).clamp(min=1.0)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(unbiased.detach(), m)
+        y = (x - mean.view(1, -1, 1)) * torch.rsqrt(var.view(1, -1, 1) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1) + self.bias.view(1, -1, 1)
+        return y
+
+
 def run_lstm(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor | None):
     """Run a batch-first ``nn.LSTM`` on the valid steps only (packed), so padding never enters the state.
 

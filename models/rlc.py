@@ -24,7 +24,9 @@ Sources: the paper (P) and the authors' TensorFlow code ``thuhcsi/IJCAI2019-DRL4
 
 Inputs: ``lld`` (B, T, 17) + ``lld_mask``; with ``use_text``: ``text`` (B, W, 300) + ``text_mask``.
 All convolutions see zeros at padded frames, lengths are tracked through every stride, attention and
-softmaxes are masked and the LSTMs stop at each item's last valid step, so padding never changes logits.
+softmaxes are masked and the LSTMs stop at each item's last valid step, so padding never changes eval-mode
+logits. In training, BatchNorm's batch statistics include padded frames (as in C) unless
+``masked_batchnorm=True`` (valid frames only, :class:`models.blocks.MaskedBatchNorm1d`; a small-corpus setting).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from models.blocks import (
+    MaskedBatchNorm1d,
     conv_out_lengths,
     last_valid,
     lengths_to_mask,
@@ -79,13 +82,15 @@ class ResidualBlock(nn.Module):
     """x0 = conv(stride, valid); m = x0 + L(SA(L(x0))); out = m + L(SA(L(m))). ``(B, T, Cin) → (B, T', C)``."""
 
     def __init__(
-        self, c_in, c, kernel, stride, use_sa, dropout=0.5, heads=4, att_dropout=0.1, sa_sigmoid=False
+        self, c_in, c, kernel, stride, use_sa, dropout=0.5, heads=4, att_dropout=0.1, sa_sigmoid=False,
+        masked_batchnorm=False,
     ):
         super().__init__()
         self.kernel, self.stride = kernel, stride
         self.down = nn.Conv1d(c_in, c, kernel, stride=stride)
         self.convs = nn.ModuleList([nn.Conv1d(c, c, kernel, padding="same") for _ in range(4)])
-        self.bns = nn.ModuleList([nn.BatchNorm1d(c) for _ in range(4)])
+        self.bns = nn.ModuleList([MaskedBatchNorm1d(c) for _ in range(4)])
+        self.masked_batchnorm = masked_batchnorm
         self.sas = nn.ModuleList(
             [ConvSelfAttention(c, heads, att_dropout, sa_sigmoid) for _ in range(2)] if use_sa else []
         )
@@ -93,7 +98,8 @@ class ResidualBlock(nn.Module):
 
     def _L(self, i, x, mask):
         x = zero_padded(x, mask).transpose(1, 2)
-        return self.drop(torch.relu(self.bns[i](self.convs[i](x)))).transpose(1, 2)
+        y = self.bns[i](self.convs[i](x), mask if self.masked_batchnorm else None)
+        return self.drop(torch.relu(y)).transpose(1, 2)
 
     def _SA(self, i, x, mask):
         return self.sas[i](x, mask) if len(self.sas) else x
@@ -228,6 +234,7 @@ class RLCConfig:
     dense_units: int = 256  # P
     dense_layers: int = 3  # P
     dense_dropout: float = 0.5  # C
+    masked_batchnorm: bool = False  # P/C: batch statistics over padded frames too; True: valid frames only
 
 
 @register_model(
@@ -303,7 +310,8 @@ class RLC(PaperModel):
         blocks, c_in = [], c.stem_channels
         for ch, k, sa, s in zip(c.channels, c.kernels, c.use_sa, c.strides[1:], strict=True):
             blocks.append(
-                ResidualBlock(c_in, ch, k, s, sa, c.conv_dropout, c.heads, c.attention_dropout, c.sa_sigmoid)
+                ResidualBlock(c_in, ch, k, s, sa, c.conv_dropout, c.heads, c.attention_dropout, c.sa_sigmoid,
+                              c.masked_batchnorm)
             )
             c_in = ch
         self.blocks = nn.ModuleList(blocks)
