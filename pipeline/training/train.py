@@ -31,8 +31,8 @@ import dataclasses
 import io
 import math
 import os
-import shutil
 import random
+import shutil
 import threading
 import time
 import warnings
