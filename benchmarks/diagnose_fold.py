@@ -59,7 +59,10 @@ def load_workspace(workdir: str | Path, model: str, overrides: dict, plan: str |
     work = Path(workdir)
     params = yaml.safe_load((work / "params.yaml").read_text())
     mp, tp = fold_settings(params, model, overrides)
-    plan = plan or (params["models"].get(model) or {}).get("fold_plan") or params["folds"]["plans"][0]
+    if plan is None:  # as the flow resolves it: the model's section, else the paper's plan
+        from models import get_model_info
+
+        plan = (params["models"].get(model) or {}).get("fold_plan") or get_model_info(model).fold_plan
     return Workspace(plan, pd.read_parquet(work / "data" / "manifest.parquet"),
                      pd.read_parquet(work / "data" / "folds" / f"{plan}.parquet"), work / "data" / "features", mp, tp)
 

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("model")
     ap.add_argument("--tag", required=True, help="a name for this setting in the results")
     ap.add_argument("--folds", type=int, nargs="*", default=None, help="default: every fold of the plan")
+    ap.add_argument("--plan", default=None, help="fold plan (default: the model's fold_plan in the params)")
     add_workspace_args(ap)
     args = ap.parse_args(argv)
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pipeline.training.train import train_fold
 
     overrides = json.loads(args.set)
-    ws = load_workspace(args.workdir, args.model, overrides)
+    ws = load_workspace(args.workdir, args.model, overrides, args.plan)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     true, pred, per_fold = [], [], []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -29,3 +30,23 @@ def test_pilot_pools_its_folds_and_appends_rows(tmp_path):
     assert row["ua_pooled"] * 100 == pytest.approx(row["folds"][0]["test_ua"])  # one fold: pooled = fold
     main(args)
     assert [r["tag"] for r in json.loads(out.read_text())] == ["one fold", "one fold"]
+
+
+def test_workspace_plan_resolves_as_the_flow_does(tmp_path):
+    """The model's section, else the paper's plan (not the first plan of the params file); --plan wins."""
+    from benchmarks.diagnose_fold import load_workspace
+    from models import get_model_info
+
+    work = tmp_path / "work"
+    (work / "data" / "folds").mkdir(parents=True)
+    paper_plan = get_model_info("ilt").fold_plan
+    pd.DataFrame({"utt_id": ["a"], "label": ["neu"]}).to_parquet(work / "data" / "manifest.parquet")
+    for plan in ("loso", paper_plan, "other"):
+        pd.DataFrame({"utt_id": ["a"], "fold": [0], "split": ["test"]}).to_parquet(
+            work / "data" / "folds" / f"{plan}.parquet")
+    params = {"folds": {"plans": ["loso", paper_plan]}, "train": {}, "models": {"ilt": {}, "rlc": {"fold_plan": "other"}}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert paper_plan != "loso"
+    assert load_workspace(work, "ilt", {}).plan == paper_plan
+    assert load_workspace(work, "rlc", {}).plan == "other"
+    assert load_workspace(work, "ilt", {}, "other").plan == "other"
