@@ -137,6 +137,8 @@ class MultilevelConfig:
     n_heads: int = 4  # NF
     d_ff: int = 512  # NF
     dropout: float = 0.1  # NF
+    use_text: bool = True  # P; False: the audio path alone (no text encoder, the cross-modal layers without their
+    #                        encoder-decoder attention) — the fusion sanity check "not below its audio-only part"
 
 
 class MultilevelEncoder(nn.Module):
@@ -147,15 +149,17 @@ class MultilevelEncoder(nn.Module):
         super().__init__()
         if c.combine not in ("highway", "concat"):
             raise ValueError(f"multilevel: combine must be 'highway' or 'concat', got {c.combine!r}")
-        self.phoneme_cnn = PhonemeCNN(c.phoneme_vocab, c.phoneme_emb, c.phoneme_filters, c.phoneme_width)
-        word_dim = c.phoneme_filters + c.glove_dim
-        self.highway = Highway(word_dim, c.highway_layers) if c.combine == "highway" else nn.Identity()
-        self.encoder_prenet = EncoderPrenet(word_dim, c.hidden, dropout=c.encoder_prenet_dropout)
-        self.text_pe = SinusoidalPositionalEncoding(c.hidden)
-        self.text_alpha = nn.Parameter(torch.ones(1))  # R: Transformer-TTS scaled PE
-        self.text_encoder = nn.ModuleList(
-            [TransformerLayer(c.hidden, c.n_heads, c.d_ff, c.dropout) for _ in range(c.text_layers)]
-        )
+        self.use_text = c.use_text
+        if c.use_text:
+            self.phoneme_cnn = PhonemeCNN(c.phoneme_vocab, c.phoneme_emb, c.phoneme_filters, c.phoneme_width)
+            word_dim = c.phoneme_filters + c.glove_dim
+            self.highway = Highway(word_dim, c.highway_layers) if c.combine == "highway" else nn.Identity()
+            self.encoder_prenet = EncoderPrenet(word_dim, c.hidden, dropout=c.encoder_prenet_dropout)
+            self.text_pe = SinusoidalPositionalEncoding(c.hidden)
+            self.text_alpha = nn.Parameter(torch.ones(1))  # R: Transformer-TTS scaled PE
+            self.text_encoder = nn.ModuleList(
+                [TransformerLayer(c.hidden, c.n_heads, c.d_ff, c.dropout) for _ in range(c.text_layers)]
+            )
         self.dummy_mel = nn.Parameter(torch.zeros(c.fbank_dim))
         self.mel_prenet = nn.Sequential(
             nn.Linear(c.fbank_dim, c.prenet_hidden), nn.ReLU(), nn.Dropout(c.prenet_dropout),
@@ -165,7 +169,7 @@ class MultilevelEncoder(nn.Module):
         self.mel_pe = SinusoidalPositionalEncoding(c.hidden)
         self.cross = nn.ModuleList(
             [
-                TransformerLayer(c.hidden, c.n_heads, c.d_ff, c.dropout, cross=True)
+                TransformerLayer(c.hidden, c.n_heads, c.d_ff, c.dropout, cross=c.use_text)
                 for _ in range(c.cross_layers)
             ]
         )
@@ -173,16 +177,20 @@ class MultilevelEncoder(nn.Module):
             [TransformerLayer(c.hidden, c.n_heads, c.d_ff, c.dropout) for _ in range(c.fusion_layers)]
         )
 
-    def forward(self, fbank, phonemes, glove, fbank_mask=None, glove_mask=None):
+    def forward(self, fbank, phonemes=None, glove=None, fbank_mask=None, glove_mask=None):
         B = fbank.size(0)
-        if glove_mask is None:
-            glove_mask = torch.zeros(glove.shape[:2], dtype=torch.bool, device=glove.device)
-        # text side: words and their phonemes
-        u = torch.cat([self.phoneme_cnn(phonemes), glove], dim=-1)
-        t = self.encoder_prenet(self.highway(u), glove_mask)
-        t = t + self.text_alpha * self.text_pe.encoding(t.size(1)).unsqueeze(0)
-        for layer in self.text_encoder:
-            t = layer(t, glove_mask)
+        t = None
+        if self.use_text:
+            if phonemes is None or glove is None:
+                raise ValueError("multilevel: use_text=True needs the 'phonemes' and 'glove' inputs")
+            if glove_mask is None:
+                glove_mask = torch.zeros(glove.shape[:2], dtype=torch.bool, device=glove.device)
+            # text side: words and their phonemes
+            u = torch.cat([self.phoneme_cnn(phonemes), glove], dim=-1)
+            t = self.encoder_prenet(self.highway(u), glove_mask)
+            t = t + self.text_alpha * self.text_pe.encoding(t.size(1)).unsqueeze(0)
+            for layer in self.text_encoder:
+                t = layer(t, glove_mask)
         # audio side: dummy mel vector first, its output is the utterance representation
         mel = torch.cat([self.dummy_mel.expand(B, 1, -1), fbank], dim=1)
         m_mask = None
@@ -191,24 +199,26 @@ class MultilevelEncoder(nn.Module):
         m = self.mel_prenet(mel)
         m = m + self.mel_alpha * self.mel_pe.encoding(m.size(1)).unsqueeze(0)
         for layer in self.cross:
-            m = layer(m, m_mask, t, glove_mask)
+            m = layer(m, m_mask, t, glove_mask) if self.use_text else layer(m, m_mask)
         for layer in self.fusion:
             m = layer(m, m_mask)
         return m[:, 0]
 
 
 def _specs_c(cfg):
-    return {
-        "fbank": InputSpec("fbank128", "sequence", "fbank_dim", "fbank_mask"),
-        "phonemes": InputSpec("phonemes", "phonemes", "phoneme_vocab", "glove_mask"),
-        "glove": InputSpec("glove", "sequence", "glove_dim", "glove_mask"),
-    }
+    specs = {"fbank": InputSpec("fbank128", "sequence", "fbank_dim", "fbank_mask")}
+    if cfg.use_text:
+        specs["phonemes"] = InputSpec("phonemes", "phonemes", "phoneme_vocab", "glove_mask")
+        specs["glove"] = InputSpec("glove", "sequence", "glove_dim", "glove_mask")
+    return specs
 
 
 def _example_c(cfg, batch_size, gen):
     lf = random_lengths(batch_size, 48, gen, min_len=12)
     lw = random_lengths(batch_size, 7, gen, min_len=2)
     fbank, fbank_mask = random_sequence(lf, cfg.fbank_dim, gen)
+    if not cfg.use_text:
+        return {"fbank": fbank, "fbank_mask": fbank_mask}
     glove, glove_mask = random_sequence(lw, cfg.glove_dim, gen)
     n_phon = torch.randint(1, 7, (batch_size, int(lw.max())), generator=gen)
     n_phon = n_phon.masked_fill(glove_mask, 0)
@@ -250,9 +260,9 @@ class MultilevelTransformer(PaperModel):
         self.encoder = MultilevelEncoder(config)
         self.head = nn.Linear(config.hidden, num_classes)
 
-    def forward(self, fbank, phonemes, glove, fbank_mask=None, glove_mask=None) -> torch.Tensor:
+    def forward(self, fbank, phonemes=None, glove=None, fbank_mask=None, glove_mask=None) -> torch.Tensor:
         """``fbank`` (B, T, fbank_dim), ``phonemes`` (B, W, P) long (0 = pad), ``glove`` (B, W, glove_dim),
-        masks (B, T)/(B, W) True = pad → logits (B, num_classes)."""
+        masks (B, T)/(B, W) True = pad → logits (B, num_classes). ``use_text=False``: ``fbank`` alone."""
         return self.head(self.encoder(fbank, phonemes, glove, fbank_mask, glove_mask))
 
 
@@ -296,12 +306,15 @@ class Multigranularity(PaperModel):
 
     @staticmethod
     def input_specs(cfg):
+        if not cfg.use_text:
+            return _specs_c(cfg)
         return dict(_specs_c(cfg), bert_cls=InputSpec("bert_cls", "vector", "bert_dim"))
 
     @staticmethod
     def example_batch(cfg, batch_size, gen):
         batch = _example_c(cfg, batch_size, gen)
-        batch["bert_cls"] = torch.randn(batch_size, cfg.bert_dim, generator=gen)
+        if cfg.use_text:
+            batch["bert_cls"] = torch.randn(batch_size, cfg.bert_dim, generator=gen)
         return batch
 
     def __init__(self, config: MultigranularityConfig, num_classes: int = 4):
@@ -309,12 +322,17 @@ class Multigranularity(PaperModel):
         c = config
         self.encoder = MultilevelEncoder(c)
         self.multilevel_proj = nn.Sequential(nn.Linear(c.hidden, c.multilevel_proj), nn.ReLU())
-        self.bert_proj = nn.Sequential(nn.Linear(c.bert_dim, c.bert_proj), nn.ReLU())
-        self.head = nn.Sequential(
-            nn.Dropout(c.head_dropout), nn.Linear(c.multilevel_proj + c.bert_proj, num_classes)
-        )
+        bert = c.bert_proj if c.use_text else 0
+        if c.use_text:
+            self.bert_proj = nn.Sequential(nn.Linear(c.bert_dim, c.bert_proj), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(c.head_dropout), nn.Linear(c.multilevel_proj + bert, num_classes))
 
-    def forward(self, fbank, phonemes, glove, bert_cls, fbank_mask=None, glove_mask=None) -> torch.Tensor:
-        """As :class:`MultilevelTransformer` plus ``bert_cls`` (B, bert_dim) → logits (B, num_classes)."""
-        z = self.encoder(fbank, phonemes, glove, fbank_mask, glove_mask)
-        return self.head(torch.cat([self.multilevel_proj(z), self.bert_proj(bert_cls)], dim=-1))
+    def forward(self, fbank, phonemes=None, glove=None, bert_cls=None, fbank_mask=None, glove_mask=None):
+        """As :class:`MultilevelTransformer` plus ``bert_cls`` (B, bert_dim) → logits (B, num_classes);
+        ``use_text=False``: ``fbank`` alone (no BERT branch either)."""
+        z = self.multilevel_proj(self.encoder(fbank, phonemes, glove, fbank_mask, glove_mask))
+        if not self.config.use_text:
+            return self.head(z)
+        if bert_cls is None:
+            raise ValueError("multigranularity: use_text=True needs the 'bert_cls' input")
+        return self.head(torch.cat([z, self.bert_proj(bert_cls)], dim=-1))
