@@ -639,11 +639,10 @@ def _keep_previous_weights(last: Path, prev: Path) -> None:
 
 def save_checkpoint(ckpt_dir: Path, model, opt, sched, state: dict[str, Any]) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    epoch = str(state["epoch"])
     weights = _cpu_state(model)
     last = ckpt_dir / "last.safetensors"
     _keep_previous_weights(last, ckpt_dir / "prev.safetensors")
-    _atomic(last, lambda p: save_file(weights, str(p), metadata={"epoch": epoch}), _nbytes(weights))
+    _save_weights(last, weights, state["epoch"])
     payload = dict(state, optimizer=opt.state_dict(), scheduler=sched.state_dict() if sched else None)
     # Serialised in memory first: torch's zip writer reports a full disk as an opaque iostream RuntimeError,
     # a plain file write as ENOSPC/EFBIG, which _atomic turns into a DiskFullError with the size needed.

@@ -98,50 +98,8 @@ def test_sigterm_or_sigint_during_extraction_cleans_up_and_the_rerun_resumes(sig
     assert sha256_file(out) == sha256_file(ref)
 
 
-_CHECKPOINT = """
+_SAVE_UNDER_LIMIT = """
 import sys, signal, resource, hashlib, torch
-sys.path[:0] = [{root!r}]
-from pathlib import Path
-from features.errors import DiskFullError
-from pipeline.training.train import load_checkpoint, save_checkpoint
-torch.manual_seed(0)
-model = torch.nn.Linear(300, 300)
-opt = torch.optim.Adam(model.parameters())
-ckpt = Path({ckpt!r})
-save_checkpoint(ckpt, model, opt, None, {{"epoch": 1}})
-before = hashlib.sha256((ckpt / "last.safetensors").read_bytes()).hexdigest()
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # below one checkpoint (360 KB of weights)
-with torch.no_grad():
-    model.weight += 1
-try:
-    save_checkpoint(ckpt, model, opt, None, {{"epoch": 2}})
-    print("NOT REFUSED")
-except DiskFullError as e:
-    print("REFUSED", e)
-assert hashlib.sha256((ckpt / "last.safetensors").read_bytes()).hexdigest() == before
-state = load_checkpoint(ckpt, torch.nn.Linear(300, 300), torch.optim.Adam(model.parameters()), None, "cpu")
-print("RESUMES FROM EPOCH", state["epoch"])
-print("FILES", sorted(p.name for p in ckpt.iterdir()))
-"""
-
-
-def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    p = subprocess.run([sys.executable, "-c", _CHECKPOINT.format(root=str(ROOT), ckpt=str(ckpt))], env=cli_env(),
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    refused = [ln for ln in p.stdout.splitlines() if ln.startswith("REFUSED")]
-    assert len(refused) == 1, p.stdout
-    assert f"{ckpt}/last.safetensors: file size limit reached" in refused[0]
-    assert "needs about 361.2 KB" in refused[0] and "free" in refused[0] and "previous last.safetensors is kept" \
-        in refused[0]
-    assert "RESUMES FROM EPOCH 1" in p.stdout
-    assert "FILES ['last.safetensors', 'prev.safetensors', 'state.pt']" in p.stdout  # no temp file left
-
-
-_HALF_CHECKPOINT = """
-import sys, signal, resource, torch
 sys.path[:0] = [{root!r}]
 from pathlib import Path
 from safetensors.torch import load_file
@@ -154,9 +112,10 @@ model(torch.ones(1, 300)).sum().backward()
 opt.step()  # Adam's two moments now exist: state.pt is about twice the weights
 ckpt = Path({ckpt!r})
 save_checkpoint(ckpt, model, opt, None, {{"epoch": 1}})
+before = hashlib.sha256((ckpt / "last.safetensors").read_bytes()).hexdigest()
 epoch1 = {{k: v.clone() for k, v in model.state_dict().items()}}
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))  # the weights (361 KB) fit, the state does not
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 with torch.no_grad():
     model.weight += 1
 try:
@@ -164,6 +123,37 @@ try:
     print("NOT REFUSED")
 except DiskFullError as e:
     print("REFUSED", e)
+"""
+
+
+def _save_under_limit(ckpt: Path, limit: int, then: str) -> subprocess.CompletedProcess:
+    """Checkpoint epoch 1, then epoch 2 under a file-size limit (a child process), then run ``then``."""
+    script = _SAVE_UNDER_LIMIT.format(root=str(ROOT), ckpt=str(ckpt), limit=limit) + then
+    return subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=120)
+
+
+_CHECKPOINT = """
+assert hashlib.sha256((ckpt / "last.safetensors").read_bytes()).hexdigest() == before
+state = load_checkpoint(ckpt, torch.nn.Linear(300, 300), torch.optim.Adam(model.parameters()), None, "cpu")
+print("RESUMES FROM EPOCH", state["epoch"])
+print("FILES", sorted(p.name for p in ckpt.iterdir()))
+"""
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    p = _save_under_limit(ckpt, 100_000, _CHECKPOINT)  # below one checkpoint (360 KB of weights)
+    assert p.returncode == 0, p.stderr[-2000:]
+    refused = [ln for ln in p.stdout.splitlines() if ln.startswith("REFUSED")]
+    assert len(refused) == 1, p.stdout
+    assert f"{ckpt}/last.safetensors: file size limit reached" in refused[0]
+    assert "needs about 361.2 KB" in refused[0] and "free" in refused[0] and "previous last.safetensors is kept" \
+        in refused[0]
+    assert "RESUMES FROM EPOCH 1" in p.stdout
+    assert "FILES ['last.safetensors', 'prev.safetensors', 'state.pt']" in p.stdout  # no temp file left
+
+
+_HALF_CHECKPOINT = """
 print("LAST IS EPOCH 2", bool((load_file(str(ckpt / "last.safetensors"))["weight"] != epoch1["weight"]).all()))
 fresh = torch.nn.Linear(300, 300)
 state = load_checkpoint(ckpt, fresh, torch.optim.Adam(fresh.parameters()), None, "cpu")
@@ -175,8 +165,7 @@ print("EPOCH 1 WEIGHTS", all(torch.equal(fresh.state_dict()[k], v) for k, v in e
 def test_weights_written_but_state_refused_resumes_from_the_epoch_state_names(tmp_path):
     """The window a SIGKILL can hit: new weights on disk, optimizer state still the previous epoch's."""
     ckpt = tmp_path / "ckpt"
-    p = subprocess.run([sys.executable, "-c", _HALF_CHECKPOINT.format(root=str(ROOT), ckpt=str(ckpt))],
-                       env=cli_env(), capture_output=True, text=True, timeout=120)
+    p = _save_under_limit(ckpt, 500_000, _HALF_CHECKPOINT)  # the weights (361 KB) fit, the state does not
     assert p.returncode == 0, p.stderr[-2000:]
     assert any(ln.startswith("REFUSED") and "state.pt" in ln for ln in p.stdout.splitlines()), p.stdout
     assert "LAST IS EPOCH 2 True" in p.stdout
