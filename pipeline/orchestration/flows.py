@@ -732,7 +732,7 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
     if train_cfg.get("normalize") == "speaker":
         reasons.append("normalize: speaker standardises each test speaker with its own unlabelled audio")
     if train_cfg.get("augment"):
-        reasons.append("augment (SpecAugment masks, random offset) is not the paper's recipe")
+        reasons.append("augment (SpecAugment masks, random offset, speed perturbation) is not the paper's recipe")
     for key, what in (("mixup", "mixup"), ("swa_start", "swa_start (weight averaging)")):
         if train_cfg.get(key):
             reasons.append(f"{what} is not the paper's recipe")

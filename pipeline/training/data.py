@@ -230,8 +230,10 @@ def add_power_noise_db(x: np.ndarray, snr_db: float, rng: np.random.Generator) -
 
 # ----------------------------------------------------------------------------------------------- augmentation
 
-#: keys of the ``augment`` train setting (SpecAugment, Park et al. 2019, plus a random start offset)
-AUGMENT_KEYS = ("time_masks", "time_width", "freq_masks", "freq_width", "shift")
+#: keys of the ``augment`` train setting: SpecAugment masks (Park et al. 2019), a random start offset, and a
+#: feature-domain speed perturbation — ``time_stretch``/``freq_warp`` in percent (10 = a factor drawn uniformly
+#: from [0.9, 1.1]); ``freq_warp`` scales the feature axis, so it is meant for spectral inputs (log-Mel, filterbank)
+AUGMENT_KEYS = ("time_masks", "time_width", "freq_masks", "freq_width", "shift", "time_stretch", "freq_warp")
 
 
 def check_augment(aug: Mapping[str, Any] | None) -> dict[str, int] | None:
@@ -245,17 +247,27 @@ def check_augment(aug: Mapping[str, Any] | None) -> dict[str, int] | None:
 
 
 def spec_augment(x: np.ndarray, aug: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
-    """Random start offset, then time and frequency masks set to 0 (the training mean once inputs are
-    normalised) on a (T, F) array → (T', F) with T' ≥ T − shift. Layered (T, L, H) inputs mask time only.
+    """Feature-domain speed perturbation (``time_stretch``: resample the time axis; ``freq_warp``: scale the
+    feature axis, a VTLP-like warp), a random start offset, then time and frequency masks set to 0 (the
+    training mean once inputs are normalised) on a (T, F) array → (T', F); T' = T − shift without a stretch.
+    Layered (T, L, H) inputs are stretched and masked in time only.
 
     >>> a = np.ones((50, 8), np.float32)
     >>> b = spec_augment(a, {"time_masks": 1, "time_width": 5, "freq_masks": 1, "freq_width": 2, "shift": 0},
     ...                  np.random.default_rng(0))
     >>> b.shape, bool(b.min() == 0.0), bool(a.min() == 1.0)
     ((50, 8), True, True)
+    >>> spec_augment(a, {**dict.fromkeys(AUGMENT_KEYS, 0), "time_stretch": 20}, np.random.default_rng(0)).shape
+    (47, 8)
     """
     if x.shape[0] == 0:
         return x
+    if aug.get("time_stretch") and x.shape[0] > 1:
+        r = 1.0 + rng.uniform(-1.0, 1.0) * aug["time_stretch"] / 100.0
+        x = _resample_axis(x, np.linspace(0.0, x.shape[0] - 1, max(2, round(x.shape[0] / r))), axis=0)
+    if aug.get("freq_warp") and x.ndim == 2 and x.shape[1] > 1:
+        a = 1.0 + rng.uniform(-1.0, 1.0) * aug["freq_warp"] / 100.0
+        x = _resample_axis(x, np.clip(np.arange(x.shape[1]) / a, 0.0, x.shape[1] - 1), axis=1)
     if aug["shift"] and x.shape[0] > 1:
         x = x[int(rng.integers(0, min(aug["shift"], x.shape[0] - 1) + 1)):]
     x = x.copy()
@@ -271,6 +283,17 @@ def spec_augment(x: np.ndarray, aug: Mapping[str, int], rng: np.random.Generator
             f0 = int(rng.integers(0, F - w + 1))
             x[:, f0 : f0 + w] = 0.0
     return x
+
+
+def _resample_axis(x: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``x`` at fractional ``positions`` along ``axis`` (0 ≤ positions ≤ n − 1)."""
+    lo = np.floor(positions).astype(np.int64)
+    hi = np.minimum(lo + 1, x.shape[axis] - 1)
+    w = (positions - lo).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    w = w.reshape(shape)
+    return (np.take(x, lo, axis=axis) * (1.0 - w) + np.take(x, hi, axis=axis) * w).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- normalisation

@@ -389,6 +389,29 @@ def test_augment_masks_train_items_per_epoch_and_leaves_evaluation_alone(synthet
         _dataset(cv, "train", {"time_mask": 2})
 
 
+def test_speed_perturbation_stretches_time_and_warps_the_feature_axis_within_its_range():
+    from pipeline.training.data import AUGMENT_KEYS, spec_augment
+
+    off = dict.fromkeys(AUGMENT_KEYS, 0)
+    ramp = np.tile(np.arange(100, dtype=np.float32)[:, None], (1, 4))  # value = frame index
+    lengths = set()
+    for seed in range(20):
+        y = spec_augment(ramp, {**off, "time_stretch": 10}, np.random.default_rng(seed))
+        assert 90 <= len(y) <= 112 and y.shape[1] == 4  # 100 frames at speed 0.9-1.1
+        assert y[0, 0] == 0 and y[-1, 0] == 99  # same content, resampled: first and last frame kept
+        assert np.all(np.diff(y[:, 0]) > 0)
+        lengths.add(len(y))
+    assert len(lengths) > 5  # the factor is drawn per call
+    bins = np.tile(np.arange(40, dtype=np.float32), (30, 1))  # value = feature (Mel bin) index
+    warped = [spec_augment(bins, {**off, "freq_warp": 10}, np.random.default_rng(s)) for s in range(20)]
+    assert all(w.shape == bins.shape and np.all(w[:, 0] == 0) for w in warped)  # shape and bin 0 kept
+    scale = [w[0, 20] / 20 for w in warped]  # a linear warp: bin f reads bin f / a
+    assert all(1 / 1.1 - 1e-4 <= k <= 1 / 0.9 + 1e-4 for k in scale) and np.ptp(scale) > 0.05
+    layered = np.ones((50, 3, 8), np.float32)  # stacked layers: stretched in time, never warped
+    assert spec_augment(layered, {**off, "time_stretch": 20, "freq_warp": 20},
+                        np.random.default_rng(0)).shape[1:] == (3, 8)
+
+
 def test_mixup_mixes_inputs_and_targets_reproducibly_and_rejects_what_it_cannot_mix(synthetic_cv):
     from pipeline.training.train import mix_batch
 
