@@ -4,7 +4,8 @@ experiment behind a small-corpus setting (``train_fold`` directly, as the flow r
     python -m benchmarks.pilot cnn_transformer --tag nonoise --set '{"train": {"noise_snr_db": "none"}}' \
         [--folds 0 1 2] [--workdir .emoflow/bench-ravdess] [--out benchmarks/results/pilots_ravdess.json]
 
-Prints each fold's test UA, selected epoch and validation UA, then the pooled UA/WA; appends a row (model, tag,
+Prints each fold's test UA, selected epoch and validation UA, then the mean validation UA (the score to choose
+settings on: validation actors are training-side, never a test fold) and the pooled test UA/WA; appends a row (model, tag,
 overrides, pooled and per-fold metrics, wall time, machine) to ``--out``. A pilot chooses settings; the
 benchmark (``make bench-accuracy``, through the pipeline's stages) gives the results quoted as results.
 """
@@ -56,9 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{args.tag} {per_fold[-1]}", flush=True)
     row = {"model": args.model, "tag": args.tag, "plan": ws.plan, "overrides": overrides,
            "ua_pooled": balanced_accuracy_score(true, pred), "wa_pooled": accuracy_score(true, pred),
+           "val_ua_mean": sum(f["val_ua"] for f in per_fold) / len(per_fold) / 100,
            "folds": per_fold, "wall_s": time.perf_counter() - t0, "threads": args.threads,
            "machine": machine_info()}
-    return emit_row(row, ("model", "tag", "ua_pooled", "wa_pooled", "wall_s"), args.out)
+    return emit_row(row, ("model", "tag", "val_ua_mean", "ua_pooled", "wa_pooled", "wall_s"), args.out)
 
 
 if __name__ == "__main__":
