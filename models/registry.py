@@ -85,6 +85,12 @@ class ModelInfo:
         specs = dict(self.model_cls.input_specs(cfg))
         return swap_inputs(self.name, specs, swaps)
 
+    def deviations_for(self, **overrides) -> list[str]:
+        """Why the config with ``overrides`` is not the paper's model (architecture options that replace a part
+        of it); [] for the paper's architecture at any width."""
+        overrides.pop("inputs", None)
+        return list(self.model_cls.config_deviations(make_config(self.name, **overrides)))
+
 
 #: what kind of array each feature set stores, for checking ``inputs`` swaps (others: frame sequences)
 FEATURE_KINDS = {"functionals": "vector", "bert_cls": "vector", "phonemes": "phonemes"}
@@ -331,6 +337,11 @@ class PaperModel(nn.Module):
     @staticmethod
     def input_specs(config) -> dict[str, InputSpec]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    @staticmethod
+    def config_deviations(config) -> list[str]:
+        """Options of ``config`` that replace a part of the paper's architecture (reported as not comparable)."""
+        return []
 
     def model_inputs(self) -> dict[str, str]:
         """Batch key → feature-store name consumed by this instance (e.g. ``{"x": "logmel40"}``)."""

@@ -42,6 +42,7 @@ from models.blocks import (
     last_valid,
     lengths_to_mask,
     mask_to_lengths,
+    masked_mean,
     run_lstm,
     zero_padded,
 )
@@ -235,6 +236,9 @@ class RLCConfig:
     dense_layers: int = 3  # P
     dense_dropout: float = 0.5  # C
     masked_batchnorm: bool = False  # P/C: batch statistics over padded frames too; True: valid frames only
+    #: "gca" = the paper's GCA-LSTM. "mean" = a DIAGNOSTIC that replaces it with the mean of the CNN trunk's
+    #: valid frames (measures what the GCA-LSTM adds on a corpus); not the RLC, flagged in every run's provenance
+    readout: str = "gca"
 
 
 @register_model(
@@ -289,6 +293,10 @@ class RLC(PaperModel):
         return specs
 
     @staticmethod
+    def config_deviations(cfg):
+        return [] if cfg.readout == "gca" else [f"readout {cfg.readout!r} replaces the paper's GCA-LSTM (a diagnostic)"]
+
+    @staticmethod
     def example_batch(cfg, batch_size, gen):
         lengths = random_lengths(batch_size, 160, gen, min_len=80)
         lld, lld_mask = random_sequence(lengths, cfg.lld_dim, gen)
@@ -315,8 +323,10 @@ class RLC(PaperModel):
             )
             c_in = ch
         self.blocks = nn.ModuleList(blocks)
-        self.gca = GCALSTM(c_in, c.lstm_hidden, c.gca_iterations)
-        feat = c.lstm_hidden
+        if c.readout not in ("gca", "mean"):
+            raise ValueError(f"rlc: readout must be 'gca' (the paper's GCA-LSTM) or 'mean' (diagnostic), got {c.readout!r}")
+        self.gca = GCALSTM(c_in, c.lstm_hidden, c.gca_iterations) if c.readout == "gca" else None
+        feat = c.lstm_hidden if self.gca is not None else c_in
         if c.use_text:
             self.text_lstm = nn.LSTM(c.text_dim, c.text_hidden, batch_first=True)
             feat += c.text_hidden
@@ -338,7 +348,7 @@ class RLC(PaperModel):
         for block in self.blocks:
             x, lengths = block(x, lengths)
         mask = lengths_to_mask(lengths, x.size(1))
-        z = self.gca(x, mask)
+        z = self.gca(x, mask) if self.gca is not None else masked_mean(x, mask)
         if self.config.use_text:
             if text is None:
                 raise ValueError("rlc: use_text=True needs the 'text' (word2vec) input")

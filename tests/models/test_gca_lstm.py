@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from models.rlc import GCALSTM, GCALSTMCell, informativeness_gate
@@ -100,3 +101,21 @@ def test_forward_initialises_memory_with_last_lstm1_state_and_iterates():
     for _ in range(3):
         F_hand, _ = gca.refine(h, None, F_hand)
     torch.testing.assert_close(F, F_hand)
+
+
+def test_rlc_mean_readout_is_a_flagged_diagnostic_without_the_gca_lstm():
+    from models import create_model, example_batch, get_model_info
+
+    kw = dict(stem_channels=4, channels=[8, 8], kernels=[3, 3], use_sa=[False, True], strides=[2, 2, 2],
+              lstm_hidden=6, dense_units=5)
+    mean = create_model("rlc", readout="mean", **kw).eval()
+    assert mean.gca is None and mean.classifier[0].in_features == 8  # the trunk's channels, not the LSTM's 6
+    batch = example_batch("rlc", **kw)
+    padded = {"lld": torch.cat([batch["lld"], torch.randn(2, 7, 17)], dim=1),
+              "lld_mask": torch.cat([batch["lld_mask"], torch.ones(2, 7, dtype=torch.bool)], dim=1)}
+    torch.testing.assert_close(mean(**batch), mean(**padded))  # padded frames never enter the mean
+    info = get_model_info("rlc")
+    assert info.deviations_for(**kw) == [] and info.deviations_for(**kw, inputs={}) == []
+    assert "GCA-LSTM" in info.deviations_for(readout="mean", **kw)[0]
+    with pytest.raises(ValueError, match="readout"):
+        create_model("rlc", readout="max", **kw)
