@@ -4,8 +4,9 @@ experiment behind a small-corpus setting (``train_fold`` directly, as the flow r
     python -m benchmarks.pilot cnn_transformer --tag nonoise --set '{"train": {"noise_snr_db": "none"}}' \
         [--folds 0 1 2] [--workdir .emoflow/bench-ravdess] [--out benchmarks/results/pilots_ravdess.json]
 
-Prints each fold's test UA, selected epoch and validation UA, then the mean validation UA (the score to choose
-settings on: validation actors are training-side, never a test fold) and the pooled test UA/WA; appends a row (model, tag,
+Prints each fold's test UA, selected epoch and validation UA, then the mean validation UA (a score that never
+touches a test fold; on RAVDESS's 2-actor validation splits it did not rank settings, see the README) and the
+pooled test UA/WA; appends a row (model, tag,
 overrides, pooled and per-fold metrics, wall time, machine) to ``--out``. A pilot chooses settings; the
 benchmark (``make bench-accuracy``, through the pipeline's stages) gives the results quoted as results.
 """
