@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "with --merge)")
     ap.add_argument("--merge", nargs=2, metavar=("MAIN", "EXTRA"),
                     help="append EXTRA's rows (a run over the same workspace and folds) to MAIN and exit")
+    ap.add_argument("--replace", nargs="*", default=[], metavar="MODEL",
+                    help="with --merge: these models' rows in EXTRA (retrained with new settings) replace MAIN's")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
     ap.add_argument("--significance", metavar="JSON", help="add UA intervals and paired verdicts vs classical "
                     "(from --workdir's predictions) to a results file and exit")
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(markdown_table(json.loads(Path(args.table).read_text())))
         return {}
     if args.merge:
-        return merge_results(Path(args.merge[0]), Path(args.merge[1]))
+        return merge_results(Path(args.merge[0]), Path(args.merge[1]), args.replace)
     if args.significance:
         return add_significance(Path(args.significance), Path(args.workdir).resolve())
     import yaml
@@ -262,52 +265,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def merge_results(main_path: Path, extra_path: Path) -> dict[str, Any]:
+def merge_results(main_path: Path, extra_path: Path, replace: Sequence[str] = ()) -> dict[str, Any]:
     """Rows of ``extra`` (same folds and features) appended to ``main``; Δ UA recomputed against main's
     classical row; ``extra``'s machine and wall time kept under ``runs``. A row both files have (the baseline
     retrained beside the extra rows) must give the same scores in both — it is then kept once — else the files
-    are not from the same folds and features, and nothing is merged."""
+    are not from the same folds and features, and nothing is merged. The rows of the models in ``replace``
+    (retrained with new settings) take the place of main's instead, listed under ``runs`` as replaced."""
     main, extra = json.loads(main_path.read_text()), json.loads(extra_path.read_text())
     if main["corpus_root"] != extra["corpus_root"] or main["params_file"] != extra["params_file"]:
         raise SystemExit(f"{extra_path}: another corpus or params file than {main_path}; not merged")
-    have = {(r["model"], r["kind"]): r for r in main["rows"]}
-    reproduced = []
+    have = {(r["model"], r["kind"]): i for i, r in enumerate(main["rows"])}
+    reproduced, replaced = [], []
     for r in extra["rows"]:
-        twin = have.get((r["model"], r["kind"]))
-        if twin is None:
+        i = have.get((r["model"], r["kind"]))
+        if i is None:
             main["rows"].append(r)
-        elif twin["ua"] == r["ua"] and twin["wa"] == r["wa"]:  # e.g. classical retrained beside the extra rows
+        elif main["rows"][i]["ua"] == r["ua"] and main["rows"][i]["wa"] == r["wa"]:  # e.g. classical retrained
             reproduced.append(r["model"])
+        elif r["model"] in replace:
+            main["rows"][i] = r
+            replaced.append(r["model"])
         else:
             raise SystemExit(f"{extra_path}: {r['model']} ({r['kind']}) gives UA {r['ua']['pooled']:.4f} there and "
-                             f"{twin['ua']['pooled']:.4f} in {main_path}: not the same folds and features; not merged")
+                             f"{main['rows'][i]['ua']['pooled']:.4f} in {main_path}: not the same folds and features "
+                             "(or retrained with new settings: --replace it); not merged")
     set_deltas(main["rows"])
     if "significance" in main or "significance" in extra:
-        main["significance"] = merge_significance(main, extra, extra_path)
+        main["significance"] = merge_significance(main, extra, extra_path, replaced)
     main["sum_of_model_train_s"] = sum(r["train_s"] for r in main["rows"])
     main.setdefault("runs", []).append({"file": extra_path.name, "total_wall_s": extra["total_wall_s"],
-                                        "machine": extra["machine"], "reproduced_rows": reproduced})
+                                        "machine": extra["machine"], "reproduced_rows": reproduced,
+                                        "replaced_rows": replaced})
     main_path.write_text(json.dumps(main, indent=2, default=str) + "\n")
     print(markdown_table(main))
     return main
 
 
-def merge_significance(main: dict[str, Any], extra: dict[str, Any], extra_path: Path) -> dict[str, Any] | None:
-    """Both files' ``significance`` rows, each row once. Extra's verdicts were computed against its own baseline
-    row, so they are taken over only when that row's bootstrap interval is main's to the last digit (same
-    predictions, same resampling); otherwise the block is dropped (rerun ``--significance`` on one workspace)."""
+def merge_significance(main: dict[str, Any], extra: dict[str, Any], extra_path: Path,
+                       replaced: Sequence[str] = ()) -> dict[str, Any] | None:
+    """Both files' ``significance`` rows, each row once (extra's for the ``replaced`` models). Extra's verdicts
+    were computed against its own baseline row, so they are taken over only when that row's bootstrap interval
+    is main's to the last digit (same predictions, same resampling); otherwise the block is dropped (rerun
+    ``--significance`` on one workspace)."""
     a, b = main.get("significance"), extra.get("significance")
     same = ("method", "n_boot", "seed", "level", "baseline")
     if not a or not b or any(a[k] != b[k] for k in same):
         print(f"{extra_path}: significance blocks missing or computed differently; block dropped from the merge")
         return None
     base = {(r["model"], r["kind"]): r for r in a["rows"]}
-    clash = [r for r in b["rows"] if (r["model"], r["kind"]) in base and base[r["model"], r["kind"]]["ua_ci"] != r["ua_ci"]]
+    clash = [r for r in b["rows"] if (r["model"], r["kind"]) in base and r["model"] not in replaced
+             and base[r["model"], r["kind"]]["ua_ci"] != r["ua_ci"]]
     if clash:
         print(f"{extra_path}: {clash[0]['model']} ({clash[0]['kind']}) has another bootstrap interval there; "
               "block dropped")
         return None
-    return {**a, "rows": a["rows"] + [r for r in b["rows"] if (r["model"], r["kind"]) not in base]}
+    newer = {(r["model"], r["kind"]): r for r in b["rows"] if r["model"] in replaced}
+    rows = [newer.get((r["model"], r["kind"]), r) for r in a["rows"]]
+    return {**a, "rows": rows + [r for r in b["rows"] if (r["model"], r["kind"]) not in base]}
 
 
 def set_deltas(rows: list[dict[str, Any]]) -> None:

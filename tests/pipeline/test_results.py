@@ -155,3 +155,13 @@ def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a
     with pytest.raises(SystemExit, match="not the same folds"):
         merge_results(main, write("other.json", [row("classical", 0.58, "baseline")]))
     assert len(json.loads(main.read_text())["rows"]) == 4  # the refused merge wrote nothing
+    with pytest.raises(SystemExit, match="--replace"):  # a retrained model is refused unless named
+        merge_results(main, write("retrained.json", [row("classical", 0.6, "baseline"), row("ilt", 0.66)]))
+    swapped = merge_results(main, write("retrained.json", [row("classical", 0.6, "baseline"), row("ilt", 0.66)]),
+                            replace=["ilt"])
+    assert [r["model"] for r in swapped["rows"]] == ["classical", "ilt", "cat", "rlc"]
+    assert swapped["rows"][1]["ua"]["pooled"] == 0.66 and swapped["rows"][1]["ua_minus_classical"] == pytest.approx(0.06)
+    assert swapped["runs"][-1]["replaced_rows"] == ["ilt"] and swapped["runs"][-1]["reproduced_rows"] == ["classical"]
+    fresh = merge_results(write("main2.json", [row("classical", 0.6, "baseline"), row("ilt", 0.62)]),
+                          write("retrained2.json", [row("classical", 0.6, "baseline"), row("ilt", 0.66)]), replace=["ilt"])
+    assert [(r["model"], r["ua"]) for r in fresh["significance"]["rows"]] == [("classical", 0.6), ("ilt", 0.66)]
