@@ -6,9 +6,9 @@ experiment behind a small-corpus setting (``train_fold`` directly, as the flow r
 
 Prints each fold's test UA, selected epoch and validation UA, then the mean validation UA (a score that never
 touches a test fold; on RAVDESS's 2-actor validation splits it did not rank settings, see the README) and the
-pooled test UA/WA; appends a row (model, tag,
-overrides, pooled and per-fold metrics, wall time, machine) to ``--out``. A pilot chooses settings; the
-benchmark (``make bench-accuracy``, through the pipeline's stages) gives the results quoted as results.
+pooled test UA/WA; appends a row (model, tag, overrides, pooled and per-fold metrics, wall time, machine) to
+``--out``. A pilot chooses settings; the benchmark (``make bench-accuracy``, through the pipeline's stages)
+gives the results quoted as results.
 """
 
 from __future__ import annotations

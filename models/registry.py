@@ -86,10 +86,11 @@ class ModelInfo:
         return swap_inputs(self.name, specs, swaps)
 
     def deviations_for(self, **overrides) -> list[str]:
-        """Why the config with ``overrides`` is not the paper's model (architecture options that replace a part
-        of it); [] for the paper's architecture at any width."""
+        """Why the model with ``overrides`` is not the paper's: the registered ``paper["deviations"]`` and the
+        architecture options that replace a part of it; [] for the paper's architecture at any width."""
         overrides.pop("inputs", None)
-        return list(self.model_cls.config_deviations(make_config(self.name, **overrides)))
+        config = make_config(self.name, **overrides)
+        return list(self.paper.get("deviations") or []) + list(self.model_cls.config_deviations(config))
 
 
 #: what kind of array each feature set stores, for checking ``inputs`` swaps (others: frame sequences)

@@ -716,7 +716,7 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
         reasons.append(f"random-weight encoders: {', '.join(random_feats)}")
     if plan != info.fold_plan:
         reasons.append(f"fold plan {plan!r} differs from the paper's {info.fold_plan!r}")
-    reasons += list(info.paper.get("deviations") or []) + info.deviations_for(**model_params)
+    reasons += info.deviations_for(**model_params)
     paper_map = info.paper.get("label_map")
     run_map = label_mapping(manifest[manifest["utt_id"].astype(str).isin(set(plan_df["utt_id"].astype(str)))])
     if paper_map and run_map != dict(sorted(paper_map.items())):
