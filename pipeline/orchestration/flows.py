@@ -733,7 +733,8 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
         reasons.append("normalize: speaker standardises each test speaker with its own unlabelled audio")
     if train_cfg.get("augment"):
         reasons.append("augment (SpecAugment masks, random offset, speed perturbation) is not the paper's recipe")
-    for key, what in (("mixup", "mixup"), ("swa_start", "swa_start (weight averaging)")):
+    for key, what in (("mixup", "mixup"), ("swa_start", "swa_start (weight averaging)"),
+                      ("label_smoothing", "label_smoothing")):
         if train_cfg.get(key):
             reasons.append(f"{what} is not the paper's recipe")
     paper_noise, run_noise = info.train.get("noise_snr_db"), train_cfg.get("noise_snr_db")

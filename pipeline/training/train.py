@@ -129,6 +129,9 @@ REGULARISER_DEFAULTS: dict[str, Any] = {
     # The result is the mean of the weights after each epoch >= swa_start under the run's own lr schedule, with
     # batch-norm statistics recomputed on the training split; needs select_on: last (no pick on validation)
     "swa_start": None,
+    # label smoothing (Szegedy et al. 2016; PyTorch's cross_entropy): None | ε in (0, 1), each target puts
+    # 1 − ε on its class and ε spread evenly over all classes
+    "label_smoothing": None,
 }
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory")
@@ -181,6 +184,7 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
         raise TrainError(f"loss {cfg['loss']!r} is not supported (cross_entropy only)")
     _check_mixup(cfg)
     _check_swa(cfg)
+    _check_label_smoothing(cfg)
     prob = cfg.get("noise_prob")
     if prob is not None and (isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1):
         raise TrainError(f"noise_prob must be null (every item) or a fraction in (0, 1], got {prob!r}")
@@ -199,6 +203,22 @@ def _check_mixup(cfg: Mapping[str, Any]) -> None:
         raise TrainError(f"mixup must be null (off) or a Beta concentration α > 0 (0.2–0.4 is usual), got {alpha!r}")
     if task_of(cfg) != "classification" or cfg["fit"] != "gradient":
         raise TrainError("mixup mixes class targets: it needs task: classification and fit: gradient")
+
+
+def _check_label_smoothing(cfg: Mapping[str, Any]) -> None:
+    eps = cfg.get("label_smoothing")
+    if eps is None:
+        return
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise TrainError(f"label_smoothing must be null (off) or ε in (0, 1) (0.1 is usual), got {eps!r}")
+    if task_of(cfg) == "regression" or cfg["fit"] != "gradient":
+        raise TrainError("label_smoothing softens class targets: it needs a classification loss and fit: gradient")
+
+
+def class_loss(logits: torch.Tensor, y: torch.Tensor, cfg: Mapping[str, Any],
+               weight: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, C) against ``y`` (B,), class-weighted and label-smoothed per ``cfg``."""
+    return F.cross_entropy(logits, y, weight=weight, label_smoothing=float(cfg.get("label_smoothing") or 0.0))
 
 
 def _check_swa(cfg: Mapping[str, Any]) -> None:
@@ -779,12 +799,12 @@ def task_loss(out: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, c
     """The training loss of a batch: ``out`` (B, W) model outputs, ``y`` (B,) class ids, ``target`` (B, K)."""
     task = task_of(cfg)
     if task == "classification":
-        return F.cross_entropy(out, y, weight=weight)
+        return class_loss(out, y, cfg, weight)
     k = target.shape[1]
     dim = dimensional_loss(out[:, out.shape[1] - k:], target.to(out.device), str(cfg.get("dim_loss", "ccc")))
     if task == "regression":
         return dim
-    return F.cross_entropy(out[:, : out.shape[1] - k], y, weight=weight) + float(cfg.get("dim_weight", 1.0)) * dim
+    return class_loss(out[:, : out.shape[1] - k], y, cfg, weight) + float(cfg.get("dim_weight", 1.0)) * dim
 
 
 def _batches(loader, where: str):
@@ -861,8 +881,8 @@ def fit_epoch(model, loader, opt, cfg, st: LoopState, device, amp: bool, scaler,
                 else:
                     inputs, perm, lam = mixed
                     logits = model(**inputs).float()
-                    loss = lam * F.cross_entropy(logits, y, weight=weight) + (1.0 - lam) * F.cross_entropy(
-                        logits, y[perm], weight=weight)
+                    loss = lam * class_loss(logits, y, cfg, weight) + (1.0 - lam) * class_loss(
+                        logits, y[perm], cfg, weight)
             if not torch.isfinite(loss):
                 raise TrainError(f"{where} epoch {st.epoch + 1} batch {batch_no}: loss is {loss.item()}; "
                                  "lower the lr, set grad_clip, or set normalize: fold (and check the inputs: "

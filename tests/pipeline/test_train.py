@@ -435,6 +435,28 @@ def test_mixup_mixes_inputs_and_targets_reproducibly_and_rejects_what_it_cannot_
     assert [h["train_loss"] for h in a.history] != [h["train_loss"] for h in plain.history]
 
 
+def test_label_smoothing_softens_the_targets_of_the_loss_and_is_off_by_default(synthetic_cv):
+    from pipeline.training.train import class_loss
+
+    logits, y = torch.tensor([[4.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    eps = 0.2
+    target = torch.nn.functional.one_hot(y, 2).float() * (1 - eps) + eps / 2  # ε spread over both classes
+    expected = -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    assert class_loss(logits, y, {"label_smoothing": eps}, None).item() == pytest.approx(expected.item(), rel=1e-6)
+    plain = torch.nn.functional.cross_entropy(logits, y)
+    assert class_loss(logits, y, {}, None).item() == pytest.approx(plain.item())
+    assert class_loss(logits, y, {"label_smoothing": eps}, None).item() > plain.item()  # confident logits pay
+    for bad in (0, 1, -0.1, True, "0.1"):
+        with pytest.raises(TrainError, match="label_smoothing"):
+            resolve_train_config({}, {"label_smoothing": bad})
+    with pytest.raises(TrainError, match="classification"):
+        resolve_train_config({}, {"label_smoothing": 0.1, "task": "regression"})
+    assert "label_smoothing" not in resolve_train_config({})  # off: configs (and cache keys) stay as they were
+    cv = synthetic_cv()
+    smooth, plain_run = _fold(cv, label_smoothing=0.1), _fold(cv)
+    assert [h["train_loss"] for h in smooth.history] != [h["train_loss"] for h in plain_run.history]
+
+
 def test_select_on_val_loss_picks_the_epoch_of_lowest_validation_cross_entropy(synthetic_cv):
     from sklearn.metrics import log_loss
 
