@@ -47,11 +47,30 @@ def machine_info() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def prepare_workspace(params_file: Path, workdir: Path) -> Path:
-    """Copy the params file into ``workdir`` with ``dataset.root`` resolved against the repository."""
+def set_params(params: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` assignments (values parsed as YAML, as ``dvc exp run -S``) to ``params``."""
     import yaml
 
-    params = yaml.safe_load(params_file.read_text())
+    for a in assignments:
+        key, sep, raw = a.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {a!r}: expected dotted.key=value, e.g. dataset.options.label_map=null")
+        *parents, leaf = key.split(".")
+        node = params
+        for i, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                raise SystemExit(f"--set {a!r}: {'.'.join(parents[:i + 1])} is not a section of the params file")
+            node = node[part]
+        node[leaf] = yaml.safe_load(raw)
+    return params
+
+
+def prepare_workspace(params_file: Path, workdir: Path, assignments: Sequence[str] = ()) -> Path:
+    """Copy the params file into ``workdir`` with ``dataset.root`` resolved against the repository and the
+    ``--set`` assignments applied."""
+    import yaml
+
+    params = set_params(yaml.safe_load(params_file.read_text()), assignments)
     root = Path(params["dataset"]["root"])
     if not root.is_absolute():
         root = (ROOT / root).resolve()
@@ -186,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--models", nargs="*", help="default: train.models of the params file")
     ap.add_argument("--workdir", default=".emoflow/bench-ravdess")
     ap.add_argument("--out", default="benchmarks/results/accuracy_ravdess.json")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="assign",
+                    help="change the params file's values in the workspace copy, as `dvc exp run -S` "
+                         "(e.g. dataset.options.label_map=null: RAVDESS's 8 classes); recorded in the JSON")
     ap.add_argument("--ablate", nargs="*", default=[], metavar="MODEL",
                     help="also train these with normalize/class_weights off (the papers' recipe), same folds")
     ap.add_argument("--closed-form", nargs="*", default=[], metavar="MODEL",
@@ -219,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     params_file = Path(args.params)
     workdir = Path(args.workdir).resolve()
-    params_path = prepare_workspace(params_file, workdir)
+    params_path = prepare_workspace(params_file, workdir, args.assign)
     models = [] if args.only_variants else (
         args.models or list(yaml.safe_load(params_path.read_text())["train"]["models"]))
     if "classical" in models:  # the reference row first, so every other row can say how far it is from it
@@ -246,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "accuracy on real speech, pooled over speaker-independent folds",
         "params_file": str(params_file),
+        "params_set": list(args.assign),  # --set changes to the params file, as in the workspace copy
         "corpus_root": yaml.safe_load(params_path.read_text())["dataset"]["root"],
         "machine": machine_info(),
         "total_wall_s": time.perf_counter() - t0,
@@ -272,8 +295,9 @@ def merge_results(main_path: Path, extra_path: Path, replace: Sequence[str] = ()
     are not from the same folds and features, and nothing is merged. The rows of the models in ``replace``
     (retrained with new settings) take the place of main's instead, listed under ``runs`` as replaced."""
     main, extra = json.loads(main_path.read_text()), json.loads(extra_path.read_text())
-    if main["corpus_root"] != extra["corpus_root"] or main["params_file"] != extra["params_file"]:
-        raise SystemExit(f"{extra_path}: another corpus or params file than {main_path}; not merged")
+    if (main["corpus_root"], main["params_file"], main.get("params_set", [])) != (
+            extra["corpus_root"], extra["params_file"], extra.get("params_set", [])):
+        raise SystemExit(f"{extra_path}: another corpus, params file or --set than {main_path}; not merged")
     have = {(r["model"], r["kind"]): i for i, r in enumerate(main["rows"])}
     reproduced, replaced = [], []
     for r in extra["rows"]:

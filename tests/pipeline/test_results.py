@@ -165,3 +165,29 @@ def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a
     fresh = merge_results(write("main2.json", [row("classical", 0.6, "baseline"), row("ilt", 0.62)]),
                           write("retrained2.json", [row("classical", 0.6, "baseline"), row("ilt", 0.66)]), replace=["ilt"])
     assert [(r["model"], r["ua"]) for r in fresh["significance"]["rows"]] == [("classical", 0.6), ("ilt", 0.66)]
+
+
+def test_accuracy_benchmark_set_changes_the_workspace_params_as_dvc_exp_run_s(tmp_path):
+    import yaml
+
+    from benchmarks.accuracy import merge_results, prepare_workspace
+
+    params = tmp_path / "params.corpus.yaml"
+    params.write_text(yaml.safe_dump({"dataset": {"root": str(tmp_path), "options": {"label_map": {"a": "a"}}},
+                                      "train": {"seed": 0}}))
+    ws = prepare_workspace(params, tmp_path / "ws", ["dataset.options.label_map=null", "train.seed=2",
+                                                     "train.models=[classical, ilt]"])
+    got = yaml.safe_load(ws.read_text())
+    assert got["dataset"]["options"]["label_map"] is None and got["train"] == {"seed": 2, "models": ["classical", "ilt"]}
+    assert yaml.safe_load(params.read_text())["train"] == {"seed": 0}  # the params file itself is untouched
+    for bad, says in (("train.seed", "dotted.key=value"), ("train.seed.x=1", "train.seed is not a section"),
+                      ("nothing.here=1", "nothing is not a section")):
+        with pytest.raises(SystemExit, match=says):
+            prepare_workspace(params, tmp_path / "ws", [bad])
+    # results of another --set (e.g. 8 classes against 4) are never merged into one table
+    rows = [{"model": "classical", "kind": "baseline", "ua": {"pooled": 0.6}}]
+    common = {"corpus_root": "/c", "params_file": "p.yaml", "rows": rows, "significance": None}
+    (tmp_path / "four.json").write_text(json.dumps(common))
+    (tmp_path / "eight.json").write_text(json.dumps({**common, "params_set": ["dataset.options.label_map=null"]}))
+    with pytest.raises(SystemExit, match="--set"):
+        merge_results(tmp_path / "four.json", tmp_path / "eight.json")
