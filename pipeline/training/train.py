@@ -195,22 +195,26 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
     return cfg
 
 
+def _set_number(cfg: Mapping[str, Any], key: str, ok, expected: str) -> bool:
+    """Whether the optional number ``cfg[key]`` is set; raises when it is set and not a number that ``ok``."""
+    value = cfg.get(key)
+    if value is None:
+        return False
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise TrainError(f"{key} must be null (off) or {expected}, got {value!r}")
+    return True
+
+
 def _check_mixup(cfg: Mapping[str, Any]) -> None:
-    alpha = cfg.get("mixup")
-    if alpha is None:
+    if not _set_number(cfg, "mixup", lambda a: a > 0, "a Beta concentration α > 0 (0.2–0.4 is usual)"):
         return
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise TrainError(f"mixup must be null (off) or a Beta concentration α > 0 (0.2–0.4 is usual), got {alpha!r}")
     if task_of(cfg) != "classification" or cfg["fit"] != "gradient":
         raise TrainError("mixup mixes class targets: it needs task: classification and fit: gradient")
 
 
 def _check_label_smoothing(cfg: Mapping[str, Any]) -> None:
-    eps = cfg.get("label_smoothing")
-    if eps is None:
+    if not _set_number(cfg, "label_smoothing", lambda e: 0 < e < 1, "ε in (0, 1) (0.1 is usual)"):
         return
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-        raise TrainError(f"label_smoothing must be null (off) or ε in (0, 1) (0.1 is usual), got {eps!r}")
     if task_of(cfg) == "regression" or cfg["fit"] != "gradient":
         raise TrainError("label_smoothing softens class targets: it needs a classification loss and fit: gradient")
 

@@ -412,6 +412,16 @@ def test_speed_perturbation_stretches_time_and_warps_the_feature_axis_within_its
                         np.random.default_rng(0)).shape[1:] == (3, 8)
 
 
+def _assert_checked_and_off_by_default(key, bad_values, good):
+    """A class-target regulariser: bad values and a regression task are refused; unset, it is not in the config."""
+    for bad in bad_values:
+        with pytest.raises(TrainError, match=key):
+            resolve_train_config({}, {key: bad})
+    with pytest.raises(TrainError, match="classification"):
+        resolve_train_config({}, {key: good, "task": "regression"})
+    assert key not in resolve_train_config({})  # off: configs (and cache keys) stay as they were
+
+
 def test_mixup_mixes_inputs_and_targets_reproducibly_and_rejects_what_it_cannot_mix(synthetic_cv):
     from pipeline.training.train import mix_batch
 
@@ -423,12 +433,7 @@ def test_mixup_mixes_inputs_and_targets_reproducibly_and_rejects_what_it_cannot_
     assert torch.equal(mixed["x_mask"], mask & mask[perm])  # a frame is padding only if both items pad it
     with pytest.raises(TrainError, match="tokens"):
         mix_batch({"tokens": torch.ones(2, 3, dtype=torch.long)}, 0.4, "t")
-    for bad in (0, -1.0, True, "0.2"):
-        with pytest.raises(TrainError, match="mixup"):
-            resolve_train_config({}, {"mixup": bad})
-    with pytest.raises(TrainError, match="classification"):
-        resolve_train_config({}, {"mixup": 0.2, "task": "regression"})
-    assert "mixup" not in resolve_train_config({})  # off: configs (and cache keys) stay as they were
+    _assert_checked_and_off_by_default("mixup", (0, -1.0, True, "0.2"), 0.2)
     cv = synthetic_cv()
     a, b, plain = _fold(cv, mixup=0.4), _fold(cv, mixup=0.4), _fold(cv)
     assert a.predictions == b.predictions  # seeded per (seed, fold, epoch)
@@ -446,12 +451,7 @@ def test_label_smoothing_softens_the_targets_of_the_loss_and_is_off_by_default(s
     plain = torch.nn.functional.cross_entropy(logits, y)
     assert class_loss(logits, y, {}, None).item() == pytest.approx(plain.item())
     assert class_loss(logits, y, {"label_smoothing": eps}, None).item() > plain.item()  # confident logits pay
-    for bad in (0, 1, -0.1, True, "0.1"):
-        with pytest.raises(TrainError, match="label_smoothing"):
-            resolve_train_config({}, {"label_smoothing": bad})
-    with pytest.raises(TrainError, match="classification"):
-        resolve_train_config({}, {"label_smoothing": 0.1, "task": "regression"})
-    assert "label_smoothing" not in resolve_train_config({})  # off: configs (and cache keys) stay as they were
+    _assert_checked_and_off_by_default("label_smoothing", (0, 1, -0.1, True, "0.1"), 0.1)
     cv = synthetic_cv()
     smooth, plain_run = _fold(cv, label_smoothing=0.1), _fold(cv)
     assert [h["train_loss"] for h in smooth.history] != [h["train_loss"] for h in plain_run.history]
