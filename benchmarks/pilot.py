@@ -9,6 +9,11 @@ touches a test fold; on RAVDESS's 2-actor validation splits it did not rank sett
 pooled test UA/WA; appends a row (model, tag, overrides, pooled and per-fold metrics, wall time, machine) to
 ``--out``. A pilot chooses settings; the benchmark (``make bench-accuracy``, through the pipeline's stages)
 gives the results quoted as results.
+
+``--seeds 0 1 2`` trains the whole plan once per seed (``train.seed``): one row per seed, then a
+``seed_ensemble`` row with the seeds' pooled UAs, their mean ± std and the UA of the averaged class
+probabilities. ``--predictions DIR`` keeps every fold's test predictions (``<model>-<tag>-seed<s>.parquet``,
+rewritten after each fold); a rerun with the same DIR skips the folds already there, so a stopped pilot resumes.
 """
 
 from __future__ import annotations
@@ -19,13 +24,75 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.diagnose_fold import add_workspace_args, emit_row, load_workspace  # noqa: E402
+
+
+def seed_ensemble(tables: list) -> pd.DataFrame:
+    """Average the ``prob_<class>`` columns of several runs' test predictions (same utterances, same labels) and
+    predict the class of the highest mean probability. ``(utt_id, fold, label, prob_*)`` tables in, one out.
+
+    >>> import pandas as pd
+    >>> a = pd.DataFrame({"utt_id": ["u", "v"], "fold": [0, 0], "label": ["x", "y"], "prob_x": [0.9, 0.6], "prob_y": [0.1, 0.4]})
+    >>> b = a.assign(prob_x=[0.4, 0.1], prob_y=[0.6, 0.9])
+    >>> seed_ensemble([a, b])["pred"].tolist()
+    ['x', 'y']
+    """
+    import pandas as pd
+
+    keyed = [t.set_index("utt_id").sort_index() for t in tables]
+    first = keyed[0]
+    probs = [c for c in first.columns if c.startswith("prob_")]
+    for t in keyed[1:]:
+        if not (t.index.equals(first.index) and t["label"].equals(first["label"]) and sorted(probs) == sorted(
+                c for c in t.columns if c.startswith("prob_"))):
+            raise ValueError("seed_ensemble: the runs differ in their utterances, labels or classes; "
+                             "ensemble only runs of one plan on one manifest")
+    mean = sum(t[probs] for t in keyed) / len(keyed)
+    out = pd.DataFrame({"fold": first["fold"], "label": first["label"]}, index=first.index)
+    out["pred"] = mean.idxmax(axis=1).str.removeprefix("prob_")
+    return pd.concat([out, mean], axis=1).reset_index()
+
+
+def _run_plan(args, ws, tag: str, out_file) -> tuple[pd.DataFrame, list[dict]]:
+    """Every fold of the plan once; folds already in ``out_file`` are read back, not retrained."""
+    import pandas as pd
+
+    from pipeline.training.train import train_fold
+
+    done = pd.read_parquet(out_file) if out_file is not None and out_file.exists() else None
+    tables, per_fold = [], []
+    for fold in args.folds if args.folds is not None else sorted(ws.folds["fold"].unique()):
+        if done is not None and int(fold) in set(done["fold"]):
+            part = done[done["fold"] == int(fold)]
+            tables.append(part)
+            per_fold.append({"fold": int(fold), "test_ua": _ua(part), "reused": True})
+            print(f"{tag} fold {fold}: read back from {out_file}", flush=True)
+            continue
+        r = train_fold(args.model, int(fold), manifest=ws.manifest, folds=ws.folds, features_dir=ws.features_dir,
+                       model_params=ws.model_params, train_params=ws.train_params, log=lambda s: None)
+        tables.append(pd.DataFrame(r.predictions).assign(fold=int(fold)))
+        per_fold.append({"fold": int(fold), "test_ua": r.test["ua"], "val_ua": r.val["ua"],
+                         "best_epoch": r.best_epoch, "epochs_run": r.epochs_run})
+        if out_file is not None:  # after every fold: a stopped pilot keeps what it computed
+            pd.concat(tables, ignore_index=True).to_parquet(out_file)
+        print(f"{tag} {per_fold[-1]}", flush=True)
+    return pd.concat(tables, ignore_index=True), per_fold
+
+
+def _ua(table) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    return 100 * balanced_accuracy_score(table["label"], table["pred"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,34 +101,60 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tag", required=True, help="a name for this setting in the results")
     ap.add_argument("--folds", type=int, nargs="*", default=None, help="default: every fold of the plan")
     ap.add_argument("--plan", default=None, help="fold plan (default: the model's fold_plan in the params)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None,
+                    help="train.seed of each run (default: one run with the params' seed); 2+ add a seed_ensemble row")
+    ap.add_argument("--predictions", default=None, help="folder for each run's test predictions (resumable)")
     add_workspace_args(ap)
     args = ap.parse_args(argv)
 
     import torch
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
-    from benchmarks.accuracy import machine_info
-    from pipeline.training.train import train_fold
 
     overrides = json.loads(args.set)
-    ws = load_workspace(args.workdir, args.model, overrides, args.plan)
     torch.set_num_threads(args.threads)
+    pred_dir = Path(args.predictions) if args.predictions else None
+    if pred_dir is not None:
+        pred_dir.mkdir(parents=True, exist_ok=True)
+    rows, tables = [], []
+    for seed in args.seeds if args.seeds else [None]:
+        run_overrides = overrides if seed is None else {**overrides, "train": {**overrides.get("train", {}), "seed": seed}}
+        rows.append(_pilot_row(args, run_overrides, seed, pred_dir, tables))
+    if len(tables) > 1:
+        rows.append(_ensemble_row(args, overrides, rows, tables))
+    return rows[-1]
+
+
+def _pilot_row(args, overrides: dict, seed: int | None, pred_dir: Path | None, tables: list) -> dict:
+    from sklearn.metrics import accuracy_score
+
+    from benchmarks.accuracy import machine_info
+
+    ws = load_workspace(args.workdir, args.model, overrides, args.plan)
+    name = f"{args.model}-{args.tag}-seed{ws.train_params.get('seed', 0)}".replace("/", "_").replace(" ", "_")
     t0 = time.perf_counter()
-    true, pred, per_fold = [], [], []
-    for fold in args.folds if args.folds is not None else sorted(ws.folds["fold"].unique()):
-        r = train_fold(args.model, int(fold), manifest=ws.manifest, folds=ws.folds, features_dir=ws.features_dir,
-                       model_params=ws.model_params, train_params=ws.train_params, log=lambda s: None)
-        true += r.predictions["label"]
-        pred += r.predictions["pred"]
-        per_fold.append({"fold": int(fold), "test_ua": r.test["ua"], "val_ua": r.val["ua"],
-                         "best_epoch": r.best_epoch, "epochs_run": r.epochs_run})
-        print(f"{args.tag} {per_fold[-1]}", flush=True)
-    row = {"model": args.model, "tag": args.tag, "plan": ws.plan, "overrides": overrides,
-           "ua_pooled": balanced_accuracy_score(true, pred), "wa_pooled": accuracy_score(true, pred),
-           "val_ua_mean": sum(f["val_ua"] for f in per_fold) / len(per_fold) / 100,
+    table, per_fold = _run_plan(args, ws, args.tag, pred_dir / f"{name}.parquet" if pred_dir else None)
+    tables.append(table)
+    val = [f["val_ua"] for f in per_fold if "val_ua" in f]
+    row = {"model": args.model, "tag": args.tag, "plan": ws.plan, "overrides": overrides, "seed": seed,
+           "ua_pooled": _ua(table) / 100, "wa_pooled": accuracy_score(table["label"], table["pred"]),
+           "val_ua_mean": sum(val) / len(val) / 100 if val else None,
            "folds": per_fold, "wall_s": time.perf_counter() - t0, "threads": args.threads,
            "machine": machine_info()}
-    return emit_row(row, ("model", "tag", "val_ua_mean", "ua_pooled", "wa_pooled", "wall_s"), args.out)
+    return emit_row(row, ("model", "tag", "seed", "val_ua_mean", "ua_pooled", "wa_pooled", "wall_s"), args.out)
+
+
+def _ensemble_row(args, overrides: dict, rows: list[dict], tables: list) -> dict:
+    import numpy as np
+    from sklearn.metrics import accuracy_score
+
+    ens = seed_ensemble(tables)
+    uas = [r["ua_pooled"] for r in rows]
+    row = {"model": args.model, "tag": args.tag, "kind": "seed_ensemble", "overrides": overrides,
+           "seeds": [r["seed"] for r in rows], "seed_ua_pooled": uas,
+           "seed_ua_mean": float(np.mean(uas)), "seed_ua_std": float(np.std(uas, ddof=1)),
+           "ua_pooled": _ua(ens) / 100, "wa_pooled": accuracy_score(ens["label"], ens["pred"]),
+           "folds": [{"fold": int(f), "test_ua": _ua(part)} for f, part in ens.groupby("fold")],
+           "threads": args.threads}
+    return emit_row(row, ("model", "tag", "kind", "seed_ua_mean", "seed_ua_std", "ua_pooled"), args.out)
 
 
 if __name__ == "__main__":

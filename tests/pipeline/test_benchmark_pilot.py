@@ -50,3 +50,39 @@ def test_workspace_plan_resolves_as_the_flow_does(tmp_path):
     assert load_workspace(work, "ilt", {}).plan == paper_plan
     assert load_workspace(work, "rlc", {}).plan == "other"
     assert load_workspace(work, "ilt", {}, "other").plan == "other"
+
+
+def test_pilot_seeds_give_an_ensemble_row_and_resume_from_saved_predictions(tmp_path):
+    from benchmarks.pilot import main, seed_ensemble
+
+    work = tmp_path / "work"
+    cv = build_synthetic_cv(work / "data")
+    train = {"epochs": 1, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1, "select_on": "last"}
+    params = {"folds": {"plans": [cv["plan"]]}, "train": {"models": ["ilt"], "seed": 0},
+              "models": {"ilt": {"fold_plan": cv["plan"], **tiny_config("ilt"), "train": train}}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    out, preds = tmp_path / "pilots.json", tmp_path / "preds"
+    args = ["ilt", "--tag", "s", "--folds", "0", "--workdir", str(work), "--out", str(out),
+            "--seeds", "0", "1", "--predictions", str(preds)]
+    ens = main(args)
+    rows = json.loads(out.read_text())
+    assert [r.get("seed") for r in rows] == [0, 1, None] and ens["kind"] == "seed_ensemble"
+    assert [r["overrides"]["train"]["seed"] for r in rows[:2]] == [0, 1]
+    tables = [pd.read_parquet(preds / f"ilt-s-seed{s}.parquet") for s in (0, 1)]
+    assert not tables[0].filter(like="prob_").equals(tables[1].filter(like="prob_"))  # the seed reached training
+    mean = seed_ensemble(tables)  # the ensemble row scores the averaged probabilities
+    assert set(mean["utt_id"]) == set(tables[0]["utt_id"]) and ens["ua_pooled"] == pytest.approx(
+        (mean["pred"] == mean["label"]).groupby(mean["label"]).mean().mean())
+    assert ens["seed_ua_pooled"] == [rows[0]["ua_pooled"], rows[1]["ua_pooled"]]
+
+    again = main(args)  # every fold is read back from the saved predictions, nothing retrained
+    rows = json.loads(out.read_text())
+    assert all(f.get("reused") for r in rows[3:5] for f in r["folds"]) and again["ua_pooled"] == ens["ua_pooled"]
+
+
+def test_seed_ensemble_refuses_runs_of_other_utterances():
+    from benchmarks.pilot import seed_ensemble
+
+    a = pd.DataFrame({"utt_id": ["u"], "fold": [0], "label": ["x"], "prob_x": [1.0]})
+    with pytest.raises(ValueError, match="differ in their utterances"):
+        seed_ensemble([a, a.assign(utt_id=["v"])])
