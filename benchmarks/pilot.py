@@ -14,6 +14,8 @@ gives the results quoted as results.
 ``seed_ensemble`` row with the seeds' pooled UAs, their mean ± std and the UA of the averaged class
 probabilities. ``--predictions DIR`` keeps every fold's test predictions (``<model>-<tag>-seed<s>.parquet``,
 rewritten after each fold); a rerun with the same DIR skips the folds already there, so a stopped pilot resumes.
+``--against FILE`` (predictions of another pilot, e.g. ``classical``'s) adds to each row the paired bootstrap of
+the UA difference and McNemar's test against them (``pipeline.orchestration.compare``, as the benchmark).
 """
 
 from __future__ import annotations
@@ -89,6 +91,19 @@ def _run_plan(args, ws, tag: str, out_file) -> tuple[pd.DataFrame, list[dict]]:
     return pd.concat(tables, ignore_index=True), per_fold
 
 
+def _against(args, table) -> dict:
+    """``{"against": {...}}``: the paired comparison with ``--against``'s predictions ({} without it)."""
+    if not args.against:
+        return {}
+    import pandas as pd
+
+    from pipeline.orchestration.compare import compare_frames
+
+    c = compare_frames(table, pd.read_parquet(args.against), (args.model, Path(args.against).stem)).to_dict()
+    return {"against": {"predictions": Path(args.against).name, "ua_diff": c["ua_diff"],
+                        "mcnemar_p": c["mcnemar_p"], "n": c["n"]}}
+
+
 def _ua(table) -> float:
     from sklearn.metrics import balanced_accuracy_score
 
@@ -104,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="*", default=None,
                     help="train.seed of each run (default: one run with the params' seed); 2+ add a seed_ensemble row")
     ap.add_argument("--predictions", default=None, help="folder for each run's test predictions (resumable)")
+    ap.add_argument("--against", default=None, help="predictions (parquet) to compare every row with")
     add_workspace_args(ap)
     args = ap.parse_args(argv)
 
@@ -138,7 +154,7 @@ def _pilot_row(args, overrides: dict, seed: int | None, pred_dir: Path | None, t
            "ua_pooled": _ua(table) / 100, "wa_pooled": accuracy_score(table["label"], table["pred"]),
            "val_ua_mean": sum(val) / len(val) / 100 if val else None,
            "folds": per_fold, "wall_s": time.perf_counter() - t0, "threads": args.threads,
-           "machine": machine_info()}
+           "machine": machine_info(), **_against(args, table)}
     return emit_row(row, ("model", "tag", "seed", "val_ua_mean", "ua_pooled", "wa_pooled", "wall_s"), args.out)
 
 
@@ -153,7 +169,7 @@ def _ensemble_row(args, overrides: dict, rows: list[dict], tables: list) -> dict
            "seed_ua_mean": float(np.mean(uas)), "seed_ua_std": float(np.std(uas, ddof=1)),
            "ua_pooled": _ua(ens) / 100, "wa_pooled": accuracy_score(ens["label"], ens["pred"]),
            "folds": [{"fold": int(f), "test_ua": _ua(part)} for f, part in ens.groupby("fold")],
-           "threads": args.threads}
+           "threads": args.threads, **_against(args, ens)}
     return emit_row(row, ("model", "tag", "kind", "seed_ua_mean", "seed_ua_std", "ua_pooled"), args.out)
 
 

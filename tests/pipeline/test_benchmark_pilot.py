@@ -75,9 +75,12 @@ def test_pilot_seeds_give_an_ensemble_row_and_resume_from_saved_predictions(tmp_
         (mean["pred"] == mean["label"]).groupby(mean["label"]).mean().mean())
     assert ens["seed_ua_pooled"] == [rows[0]["ua_pooled"], rows[1]["ua_pooled"]]
 
-    again = main(args)  # every fold is read back from the saved predictions, nothing retrained
+    # every fold is read back from the saved predictions, nothing retrained; --against pairs each row with seed 0
+    again = main([*args, "--against", str(preds / "ilt-s-seed0.parquet")])
     rows = json.loads(out.read_text())
     assert all(f.get("reused") for r in rows[3:5] for f in r["folds"]) and again["ua_pooled"] == ens["ua_pooled"]
+    assert rows[3]["against"]["ua_diff"]["point"] == 0 and rows[3]["against"]["n"] == len(tables[0])
+    assert again["against"]["ua_diff"]["point"] == pytest.approx(ens["ua_pooled"] - rows[0]["ua_pooled"])
 
 
 def test_seed_ensemble_refuses_runs_of_other_utterances():
