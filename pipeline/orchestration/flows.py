@@ -737,6 +737,8 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
                       ("label_smoothing", "label_smoothing")):
         if train_cfg.get(key):
             reasons.append(f"{what} is not the paper's recipe")
+    if (train_cfg.get("seed_ensemble") or 1) > 1:
+        reasons.append(f"seed_ensemble: {train_cfg['seed_ensemble']} models averaged per fold, the paper trained one")
     paper_noise, run_noise = info.train.get("noise_snr_db"), train_cfg.get("noise_snr_db")
     if paper_noise is not None and (run_noise != paper_noise or (train_cfg.get("noise_prob") or 1.0) != 1.0):
         reasons.append(f"input noise (noise_snr_db {run_noise}, noise_prob {train_cfg.get('noise_prob') or 1.0}) "

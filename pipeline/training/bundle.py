@@ -235,6 +235,11 @@ def load_run(model: str, results_dir: str | Path = "results", *, force: bool = F
     for key in ("labels", "train", "model_params", "code_version"):
         if key not in rec:
             raise PredictError(f"{rdir}: the run records no {key!r}; rerun `dvc repro train@{model}`")
+    members = int(rec["train"].get("seed_ensemble") or 1)
+    if members > 1:  # a fold holds several models; the predictor and the export hold one per fold
+        raise PredictError(f"{rdir}: trained with seed_ensemble: {members} ({members} models per fold); predict "
+                           f"and export take one model per fold: retrain {model} without seed_ensemble for a "
+                           "predictor, or use the run's predictions.parquet for its test folds")
     params = dict(rec["model_params"])
     features_dir = Path((rec.get("parameters") or {}).get("features_dir") or "data/features")
     recorded = rec.get("features") or {}

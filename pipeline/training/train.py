@@ -132,6 +132,9 @@ REGULARISER_DEFAULTS: dict[str, Any] = {
     # label smoothing (Szegedy et al. 2016; PyTorch's cross_entropy): None | ε in (0, 1), each target puts
     # 1 − ε on its class and ε spread evenly over all classes
     "label_smoothing": None,
+    # seed ensemble: None | n models per fold, trained alike from seeds seed, seed+1, ... (init, dropout, shuffling);
+    # the fold's predictions average their class probabilities (and dimensional outputs). n times the training
+    "seed_ensemble": None,
 }
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory")
@@ -185,6 +188,7 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
     _check_mixup(cfg)
     _check_swa(cfg)
     _check_label_smoothing(cfg)
+    _check_seed_ensemble(cfg)
     prob = cfg.get("noise_prob")
     if prob is not None and (isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1):
         raise TrainError(f"noise_prob must be null (every item) or a fraction in (0, 1], got {prob!r}")
@@ -217,6 +221,20 @@ def _check_label_smoothing(cfg: Mapping[str, Any]) -> None:
         return
     if task_of(cfg) == "regression" or cfg["fit"] != "gradient":
         raise TrainError("label_smoothing softens class targets: it needs a classification loss and fit: gradient")
+
+
+def _check_seed_ensemble(cfg: Mapping[str, Any]) -> None:
+    if not _set_number(cfg, "seed_ensemble", lambda n: isinstance(n, int) and n >= 1,
+                       "a whole number of models per fold (1: one model, as the papers)"):
+        return
+    if cfg["seed_ensemble"] > 1 and cfg["fit"] != "gradient":
+        raise TrainError("seed_ensemble averages models trained from different seeds: it needs fit: gradient "
+                         "(a closed-form fit does not depend on the seed)")
+
+
+def ensemble_size(cfg: Mapping[str, Any]) -> int:
+    """Models trained per fold (``seed_ensemble``; 1 when unset)."""
+    return int(cfg.get("seed_ensemble") or 1)
 
 
 def class_loss(logits: torch.Tensor, y: torch.Tensor, cfg: Mapping[str, Any],
@@ -980,22 +998,47 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
     set_determinism(cfg["deterministic"], device)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
-    seed = int(cfg["seed"])
     where = f"{model_name} fold {fold}"
     data = prepare_fold(model_name, fold, manifest=manifest, folds=folds, features_dir=features_dir,
                         model_params=model_params, train_cfg=cfg, labels=labels)
-    ds = {s: make_dataset(data, s, cfg) for s in ("train", "val", "test")}
-    seed_everything(stable_seed(seed, fold, "init"))
-    model = create_model(model_name, num_classes=len(data.labels), **data.model_overrides)
-    from models.registry import set_task_head
-
-    model = set_task_head(model, model_name, task_of(cfg), len(data.target_names)).to(device)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt is not None and data.normalizer is not None and data.normalizer.stats:
         ckpt.mkdir(parents=True, exist_ok=True)
         _atomic(ckpt / "normalization.safetensors",
                 lambda p: save_file(data.normalizer.to_tensors(), str(p), metadata={"mode": data.normalizer.mode}))
     amp = bool(cfg["amp"]) and device.type == "cuda"
+    n, seed = ensemble_size(cfg), int(cfg["seed"])
+    members = []
+    for k in range(n):  # member k is the model a run with seed + k would train (its own checkpoint dir)
+        member_cfg = cfg if n == 1 else {**cfg, "seed": seed + k}
+        member_ckpt = ckpt if n == 1 or ckpt is None else ckpt / f"member{k}"
+        member_where = where if n == 1 else f"{where} member {k} (seed {seed + k})"
+        members.append(_train_member(model_name, data, member_cfg, member_ckpt, device, amp, member_where, log,
+                                     create_model))
+    return _final_result(members, data, cfg, device, amp, t_start)
+
+
+@dataclass
+class Member:
+    """One trained model of a fold (a seed ensemble has several): its selected weights loaded, its loop state."""
+
+    model: torch.nn.Module
+    seed: int
+    datasets: dict[str, FeatureDataset]
+    val_loader: DataLoader
+    state: LoopState
+    resumed_from: int
+
+
+def _train_member(model_name, data: FoldData, cfg, ckpt, device, amp, where, log, create_model) -> Member:
+    """Build, train (or fit) one model of the fold with ``cfg["seed"]`` and load its selected weights."""
+    seed = int(cfg["seed"])
+    ds = {s: make_dataset(data, s, cfg) for s in ("train", "val", "test")}
+    seed_everything(stable_seed(seed, data.fold, "init"))
+    model = create_model(model_name, num_classes=len(data.labels), **data.model_overrides)
+    from models.registry import set_task_head
+
+    model = set_task_head(model, model_name, task_of(cfg), len(data.target_names)).to(device)
     val_loader = _loader(ds["val"], data, cfg, shuffle=False, seed=0)
     resumed_from = 0
     if cfg["fit"] == "sklearn":
@@ -1010,7 +1053,7 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
         st, best_state, resumed_from = _gradient_loop(model, data, ds, cfg, val_loader, ckpt, device, amp, seed,
                                                       where, log)
     model.load_state_dict({k: v.to(device) for k, v in best_state.items()})
-    return _final_result(model, data, ds, cfg, st, val_loader, device, amp, t_start, resumed_from)
+    return Member(model, seed, ds, val_loader, st, resumed_from)
 
 
 def _gradient_loop(model, data: FoldData, ds, cfg, val_loader, ckpt, device, amp, seed, where, log):
@@ -1144,15 +1187,42 @@ def recompute_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torc
     return True
 
 
-def _final_result(model, data: FoldData, ds, cfg, st: LoopState, val_loader, device, amp, t_start,
-                  resumed_from) -> FoldResult:
-    """Score validation and test with the selected weights; the test predictions and the fold's record."""
+def ensemble_outputs(outputs: list[np.ndarray], n_cls: int) -> np.ndarray:
+    """One output array ``(N, W)`` from several models' ``(N, W)`` (:func:`evaluate`): the class columns become
+    the log of the mean class probability (so softmax/argmax give the averaged prediction), the dimensional
+    columns the mean value. NaN rows (dropped utterances) stay NaN; a single array is returned as it is.
+
+    >>> a, b = np.array([[2.0, 0.0]]), np.array([[0.0, 1.0]])
+    >>> np.round(np.exp(ensemble_outputs([a, b], 2)), 3)
+    array([[0.575, 0.425]])
+    """
+    if len(outputs) == 1:
+        return outputs[0]
+    out = np.mean(outputs, axis=0)
+    ok = ~np.isnan(out).any(axis=1)
+    if n_cls:
+        probs = np.mean([_softmax(o[ok, :n_cls]) for o in outputs], axis=0)
+        with np.errstate(divide="ignore"):
+            out[ok, :n_cls] = np.log(probs)
+    return out
+
+
+def _final_result(members: list[Member], data: FoldData, cfg, device, amp, t_start) -> FoldResult:
+    """Score validation and test with the selected weights (the members' averaged probabilities for a seed
+    ensemble); the test predictions and the fold's record."""
     fold, task = data.fold, task_of(cfg)
     n_cls = n_logits(task, len(data.labels))
-    val_logits = evaluate(model, val_loader, len(ds["val"].utt_ids), ds["val"].utt_index, device, amp)
+    first = members[0]
+    ds = first.datasets
+
+    def outputs(split: str, loader_of) -> np.ndarray:
+        return ensemble_outputs([evaluate(m.model, loader_of(m), len(ds[split].utt_ids), ds[split].utt_index,
+                                          device, amp) for m in members], n_cls)
+
+    val_logits = outputs("val", lambda m: first.val_loader)
     val_m, _ = score_outputs(val_logits, data, "val", task)
     test_loader = _loader(ds["test"], data, cfg, shuffle=False, seed=0)
-    test_logits = evaluate(model, test_loader, len(ds["test"].utt_ids), ds["test"].utt_index, device, amp)
+    test_logits = outputs("test", lambda m: test_loader)
     test_m, ok = score_outputs(test_logits, data, "test", task)
     test_ids = [u for u, k in zip(data.splits["test"], ok, strict=True) if k]
     y = np.asarray(data.label_of["test"])[ok]
@@ -1172,6 +1242,7 @@ def _final_result(model, data: FoldData, ds, cfg, st: LoopState, val_loader, dev
             preds[name] = [None if math.isnan(v) else float(v) for v in true[:, k]]
         for k, name in enumerate(data.target_names):
             preds[f"pred_{name}"] = pred[:, k].astype(float).tolist()
+    model, st = first.model, first.state
     cfg_obj = dataclasses.asdict(model.config) if dataclasses.is_dataclass(getattr(model, "config", None)) else {}
     extras = {"dropped_test": ds["test"].dropped, "dropped_train": len(ds["train"].dropped)}
     if data.normalizer is not None:
@@ -1181,6 +1252,11 @@ def _final_result(model, data: FoldData, ds, cfg, st: LoopState, val_loader, dev
     if data.targets is not None:  # utterances without a value for some dimension: masked, counted here
         extras.update(task=task, targets=list(data.target_names),
                       unannotated={s: int(np.isnan(t).any(axis=1).sum()) for s, t in data.targets.items()})
+    if len(members) > 1:  # the fold's record is member 0's loop; each member's own is kept here
+        extras["seed_ensemble"] = [{"seed": m.seed, "best_epoch": int(m.state.best_epoch),
+                                    "epochs_run": int(m.state.epoch), "resumed_from_epoch": m.resumed_from}
+                                   for m in members]
+    samples, seconds = sum(m.state.train_samples for m in members), sum(m.state.train_time for m in members)
     return FoldResult(
         model=data.model_name,
         fold=int(fold),
@@ -1193,12 +1269,12 @@ def _final_result(model, data: FoldData, ds, cfg, st: LoopState, val_loader, dev
         predictions=preds,
         history=list(st.history),
         runtime_s=time.perf_counter() - t_start,
-        train_samples_per_s=st.train_samples / st.train_time if st.train_time > 0 else float("nan"),
+        train_samples_per_s=samples / seconds if seconds > 0 else float("nan"),
         n_train=len(ds["train"]),
         n_val=len(data.splits["val"]),
         n_test=len(data.splits["test"]),
         device=str(device),
         model_config={k: list(v) if isinstance(v, tuple) else v for k, v in cfg_obj.items()},
-        resumed_from_epoch=resumed_from,
+        resumed_from_epoch=first.resumed_from,
         extras=extras,
     )

@@ -56,11 +56,13 @@ def test_comparability_and_run_record(synthetic_cv):
     assert any(r.startswith("augment") for r in flagged)
     assert "selects epochs on val_loss, the paper on val_wa" in flagged
     for change, flag in (({"mixup": 0.2}, "mixup"), ({"swa_start": 2, "select_on": "last"}, "swa_start"),
-                         ({"label_smoothing": 0.1}, "label_smoothing"),
+                         ({"label_smoothing": 0.1}, "label_smoothing"), ({"seed_ensemble": 3}, "seed_ensemble"),
                          ({"noise_snr_db": "none"}, "input noise"), ({"noise_prob": 0.5}, "input noise")):
         assert not any(r.startswith(flag) for r in reasons)
         changed, _ = flows.comparability(dataclasses.replace(spec, train_cfg={**spec.train_cfg, **change}), "iemocap")
         assert any(r.startswith(flag) for r in changed), (change, changed)
+    one, _ = flows.comparability(dataclasses.replace(spec, train_cfg={**spec.train_cfg, "seed_ensemble": 1}), "demo")
+    assert one == reasons  # one model per fold is the paper's
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     rec = flows.run_record(spec, {"wa": {"mean": 50.0}}, corpus="demo", t0=t0, t1=t0 + dt.timedelta(seconds=3),
                            run={"flow_run_id": None})

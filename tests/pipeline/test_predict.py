@@ -150,6 +150,10 @@ def test_missing_or_partial_run(run, tmp_path):
             load_run("ilt", partial)
     finally:
         moved.rename(ckpt)
+    rec["train"]["seed_ensemble"] = 3  # several models per fold: refused by name, not loaded as one
+    (partial / "ilt" / "run.json").write_text(json.dumps(rec))
+    with pytest.raises(PredictError, match=r"seed_ensemble: 3 \(3 models per fold\).*retrain ilt without"):
+        load_run("ilt", partial)
 
 
 def test_export_roundtrip_and_refusal(run, tmp_path):

@@ -457,6 +457,42 @@ def test_label_smoothing_softens_the_targets_of_the_loss_and_is_off_by_default(s
     assert [h["train_loss"] for h in smooth.history] != [h["train_loss"] for h in plain_run.history]
 
 
+def test_seed_ensemble_averages_the_probabilities_of_the_runs_of_its_seeds_and_resumes(synthetic_cv, tmp_path):
+    cv = synthetic_cv()
+    runs = [_fold(cv, seed=s) for s in (3, 4)]
+    ens = _fold(cv, tmp_path / "ens", seed=3, seed_ensemble=2)
+    probs = {c: (np.array(runs[0].predictions[f"prob_{c}"]) + runs[1].predictions[f"prob_{c}"]) / 2
+             for c in ens.labels}
+    for c in ens.labels:  # member k is exactly the run with seed 3 + k
+        assert np.allclose(ens.predictions[f"prob_{c}"], probs[c])
+    best = np.array([probs[c] for c in ens.labels]).argmax(axis=0)
+    assert ens.predictions["pred"] == [ens.labels[i] for i in best]
+    assert [m["seed"] for m in ens.extras["seed_ensemble"]] == [3, 4]
+    assert ens.history == runs[0].history  # the fold's loop record is member 0's
+    assert all((tmp_path / "ens" / f"member{k}" / "best.safetensors").exists() for k in (0, 1))
+    again = _fold(cv, tmp_path / "ens", seed=3, seed_ensemble=2)  # both members come back from their checkpoints
+    assert [m["resumed_from_epoch"] for m in again.extras["seed_ensemble"]] == [FAST["epochs"]] * 2
+    assert again.predictions == ens.predictions
+    assert _fold(cv, seed=3, seed_ensemble=1).predictions == runs[0].predictions  # one member: a plain run
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(TrainError, match="seed_ensemble"):
+            resolve_train_config({}, {"seed_ensemble": bad})
+    with pytest.raises(TrainError, match="fit: gradient"):
+        resolve_train_config({}, {"seed_ensemble": 2, "fit": "sklearn"})
+    assert "seed_ensemble" not in resolve_train_config({})  # off: configs (and cache keys) stay as they were
+
+
+def test_ensemble_outputs_average_probabilities_and_dimensional_values():
+    from pipeline.training.train import ensemble_outputs
+
+    a = np.array([[2.0, 0.0, 0.5], [np.nan, np.nan, np.nan]])
+    b = np.array([[0.0, 2.0, 1.5], [np.nan, np.nan, np.nan]])
+    out = ensemble_outputs([a, b], 2)
+    assert np.allclose(np.exp(out[0, :2]), [0.5, 0.5]) and out[0, 2] == 1.0  # probabilities, then the mean value
+    assert np.isnan(out[1]).all()  # a dropped utterance stays dropped
+    assert ensemble_outputs([a], 2) is a
+
+
 def test_select_on_val_loss_picks_the_epoch_of_lowest_validation_cross_entropy(synthetic_cv):
     from sklearn.metrics import log_loss
 
