@@ -201,14 +201,17 @@ def fold_outputs(p: Predictor, fold: int, readers: dict, utt_ids: list[str], *, 
     if len(ds) == 0:
         return np.full((len(utt_ids), n_cls + len(p.targets)), np.nan)
     dev = torch.device(device)
-    model = create_model(p.model, num_classes=len(p.labels), **dict(p.model_params))
-    model = set_task_head(model, p.model, p.task, len(p.targets))
-    model.load_state_dict(fm.state)
-    model.to(dev)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         collate_fn=Collate(views, segmenting.window if segmenting else None))
-    out = evaluate(model, loader, len(utt_ids), ds.utt_index, dev, amp=False)
-    return np.concatenate([_softmax(out[:, :n_cls]) if n_cls else out[:, :0], out[:, n_cls:]], axis=1)
+    outs = []
+    for state in fm.states:  # one model, or a seed ensemble's members: their probabilities are averaged
+        model = create_model(p.model, num_classes=len(p.labels), **dict(p.model_params))
+        model = set_task_head(model, p.model, p.task, len(p.targets))
+        model.load_state_dict(state)
+        model.to(dev)
+        out = evaluate(model, loader, len(utt_ids), ds.utt_index, dev, amp=False)
+        outs.append(np.concatenate([_softmax(out[:, :n_cls]) if n_cls else out[:, :0], out[:, n_cls:]], axis=1))
+    return np.mean(outs, axis=0)
 
 
 def fold_probabilities(p: Predictor, fold: int, readers: dict, utt_ids: list[str], **kw) -> np.ndarray:

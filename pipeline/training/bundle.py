@@ -2,7 +2,7 @@
 
 :class:`Predictor` holds everything inference needs and nothing else: the model name and resolved config, the
 label order, the resolved train settings (which decide crops/pads/segments and normalisation), per fold the
-selected weights and normalisation statistics, and per feature set the exact extractor name/version/config/hash
+selected weights (each member's, for a ``seed_ensemble`` run) and normalisation statistics, and per feature set the exact extractor name/version/config/hash
 and audio settings recorded in the training run's feature files.
 
 Sources
@@ -68,6 +68,13 @@ class FoldModel:
     fold: int
     state: dict[str, torch.Tensor]
     normalization: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: a ``seed_ensemble`` run: the weights of members 1, 2, … (``state`` is member 0's); their probabilities are averaged
+    member_states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        """Every model of the fold: one, or the members of a seed ensemble."""
+        return [self.state, *self.member_states]
 
     def normalizer(self, mode: str | None) -> Normalizer | None:
         """The fold's :class:`Normalizer` exactly as training built it (statistics as saved, float32)."""
@@ -191,17 +198,20 @@ def _feature_spec(path: Path, trained_hash: str | None, model: str) -> FeatureSp
     return FeatureSpec(m.extractor, m.extractor_version, dict(m.config), m.config_hash, dict(m.audio), m.input)
 
 
-def _load_fold(fold: int, ckpt: Path, mode: str | None, where: str) -> FoldModel:
-    best = ckpt / "best.safetensors"
-    if not best.is_file():
-        raise PredictError(f"{where} fold {fold}: {best} is missing (a killed or cleaned run); rerun the training "
-                           "(`dvc repro train@<model>`; finished folds come back from the cache)")
+def _load_fold(fold: int, ckpt: Path, mode: str | None, where: str, members: int = 1) -> FoldModel:
+    bests = [ckpt / "best.safetensors"] if members == 1 else [ckpt / f"member{k}" / "best.safetensors"
+                                                              for k in range(members)]
+    for best in bests:
+        if not best.is_file():
+            raise PredictError(f"{where} fold {fold}: {best} is missing (a killed or cleaned run); rerun the "
+                               "training (`dvc repro train@<model>`; finished folds come back from the cache)")
     norm_path = ckpt / "normalization.safetensors"
     norm = load_file(str(norm_path)) if norm_path.is_file() else {}
     if mode == "fold" and not norm:
         raise PredictError(f"{where} fold {fold}: trained with normalize: fold but {norm_path} is missing; "
                            "rerun the training")
-    return FoldModel(fold, load_file(str(best)), norm)
+    states = [load_file(str(b)) for b in bests]
+    return FoldModel(fold, states[0], norm, states[1:])
 
 
 def _checkpoint_dirs(rec: dict[str, Any], model: str, where: str) -> dict[str, str]:
@@ -235,11 +245,7 @@ def load_run(model: str, results_dir: str | Path = "results", *, force: bool = F
     for key in ("labels", "train", "model_params", "code_version"):
         if key not in rec:
             raise PredictError(f"{rdir}: the run records no {key!r}; rerun `dvc repro train@{model}`")
-    members = int(rec["train"].get("seed_ensemble") or 1)
-    if members > 1:  # a fold holds several models; the predictor and the export hold one per fold
-        raise PredictError(f"{rdir}: trained with seed_ensemble: {members} ({members} models per fold); predict "
-                           f"and export take one model per fold: retrain {model} without seed_ensemble for a "
-                           "predictor, or use the run's predictions.parquet for its test folds")
+    members = int(rec["train"].get("seed_ensemble") or 1)  # models per fold (checkpoint dirs member0, member1…)
     params = dict(rec["model_params"])
     features_dir = Path((rec.get("parameters") or {}).get("features_dir") or "data/features")
     recorded = rec.get("features") or {}
@@ -247,7 +253,7 @@ def load_run(model: str, results_dir: str | Path = "results", *, force: bool = F
     features = {n: _feature_spec(features_dir / f"{n}.h5", (recorded.get(n) or {}).get("config_hash"), model)
                 for n in names}
     mode = rec["train"].get("normalize")
-    folds = {int(f): _load_fold(int(f), Path(d), mode, str(rdir))
+    folds = {int(f): _load_fold(int(f), Path(d), mode, str(rdir), members)
              for f, d in _checkpoint_dirs(rec, model, str(rdir)).items()}
     if not folds:
         raise PredictError(f"{rdir}: the run has no folds; rerun `dvc repro train@{model}`")
@@ -284,6 +290,9 @@ def export_predictor(p: Predictor, out_dir: str | Path) -> Path:
         if fm.normalization:
             files["normalization"] = f"fold{k}/normalization.safetensors"
             save_file(fm.normalization, str(tmp / files["normalization"]))
+        for j, state in enumerate(fm.member_states, start=1):  # a seed ensemble's other members
+            files[f"member{j}"] = f"fold{k}/member{j}.safetensors"
+            save_file({n: t.contiguous() for n, t in state.items()}, str(tmp / files[f"member{j}"]))
         folds[str(k)] = {**files, "sha256": {n: _sha256(tmp / f) for n, f in files.items()}}
     doc = {
         "format": BUNDLE_FORMAT, "model": p.model, "labels": p.labels, "label_map": p.label_map,
@@ -322,13 +331,14 @@ def load_bundle(path: str | Path, *, force: bool = False) -> Predictor:
                            "re-export it with this version")
     folds = {}
     for k, entry in doc["folds"].items():
-        for what, rel in ((w, entry[w]) for w in ("weights", "normalization") if w in entry):
-            f = root / rel
+        for what in entry["sha256"]:
+            f = root / entry[what]
             if not f.is_file() or _sha256(f) != entry["sha256"][what]:
                 raise PredictError(f"{f}: missing or changed since export (sha256 differs); copy the whole "
                                    "directory again or re-export")
         norm = load_file(str(root / entry["normalization"])) if "normalization" in entry else {}
-        folds[int(k)] = FoldModel(int(k), load_file(str(root / entry["weights"])), norm)
+        others = [load_file(str(root / entry[f"member{j}"])) for j in range(1, len(entry)) if f"member{j}" in entry]
+        folds[int(k)] = FoldModel(int(k), load_file(str(root / entry["weights"])), norm, others)
     metrics = _read_json(root / "metrics.json") if (root / "metrics.json").is_file() else {}
     p = Predictor(doc["model"], list(doc["labels"]), dict(doc["model_params"]), dict(doc["train"]),
                   {n: FeatureSpec(**s) for n, s in doc["features"].items()}, folds, str(doc["code_version"]),

@@ -150,10 +150,26 @@ def test_missing_or_partial_run(run, tmp_path):
             load_run("ilt", partial)
     finally:
         moved.rename(ckpt)
-    rec["train"]["seed_ensemble"] = 3  # several models per fold: refused by name, not loaded as one
+    rec["train"]["seed_ensemble"] = 2  # a seed ensemble's folds are read from member dirs, which this run lacks
     (partial / "ilt" / "run.json").write_text(json.dumps(rec))
-    with pytest.raises(PredictError, match=r"seed_ensemble: 3 \(3 models per fold\).*retrain ilt without"):
+    with pytest.raises(PredictError, match=r"fold 0: .*member0/best\.safetensors is missing"):
         load_run("ilt", partial)
+
+
+def test_seed_ensemble_run_predicts_and_exports_with_every_member(prefect_harness, tmp_path):
+    """predict/export of a seed_ensemble run give the run's own test predictions: the members' mean probabilities."""
+    run = build_run(tmp_path / "ens", train={"seed_ensemble": 2})
+    p = load_run("ilt", run["results"])
+    assert all(len(fm.states) == 2 for fm in p.folds.values())
+    assert any((a != b).any() for a, b in zip(p.folds[0].states[0].values(), p.folds[0].states[1].values(),
+                                              strict=True))  # two seeds, two models
+    bundle = load_bundle(export_predictor(p, tmp_path / "exported"))
+    assert [len(fm.states) for fm in bundle.folds.values()] == [2, 2]
+    cv = run["preds"][run["preds"]["fold"] == 1].sort_values("utt_id")
+    for predictor in (p, bundle):
+        out = predict(predictor, collect_inputs(_files_of(run, cv["utt_id"])), fold=1, store_dir=tmp_path / "store")
+        np.testing.assert_allclose(out[_prob_cols(out)].to_numpy(), cv[_prob_cols(cv)].to_numpy(), atol=1e-5)
+        assert out["pred"].tolist() == cv["pred"].tolist()
 
 
 def test_export_roundtrip_and_refusal(run, tmp_path):
