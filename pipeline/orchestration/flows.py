@@ -707,6 +707,8 @@ def random_weight_features(spec: RunSpec) -> list[str]:
 def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]]:
     """Why this run's numbers must not sit beside the paper's ([] = they may), and the run's label map
     (corpus label → class over the plan's utterances)."""
+    from pipeline.training.train import ensemble_size
+
     info, plan, manifest, plan_df = spec.info, spec.plan, spec.manifest, spec.plan_df
     train_cfg, model_params, random_feats = spec.train_cfg, spec.model_params, random_weight_features(spec)
     reasons = []
@@ -737,7 +739,7 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
                       ("label_smoothing", "label_smoothing")):
         if train_cfg.get(key):
             reasons.append(f"{what} is not the paper's recipe")
-    if (train_cfg.get("seed_ensemble") or 1) > 1:
+    if ensemble_size(train_cfg) > 1:
         reasons.append(f"seed_ensemble: {train_cfg['seed_ensemble']} models averaged per fold, the paper trained one")
     paper_noise, run_noise = info.train.get("noise_snr_db"), train_cfg.get("noise_snr_db")
     if paper_noise is not None and (run_noise != paper_noise or (train_cfg.get("noise_prob") or 1.0) != 1.0):

@@ -199,8 +199,9 @@ def _feature_spec(path: Path, trained_hash: str | None, model: str) -> FeatureSp
 
 
 def _load_fold(fold: int, ckpt: Path, mode: str | None, where: str, members: int = 1) -> FoldModel:
-    bests = [ckpt / "best.safetensors"] if members == 1 else [ckpt / f"member{k}" / "best.safetensors"
-                                                              for k in range(members)]
+    from pipeline.training.train import member_checkpoint_dirs
+
+    bests = [d / "best.safetensors" for d in member_checkpoint_dirs(ckpt, members)]
     for best in bests:
         if not best.is_file():
             raise PredictError(f"{where} fold {fold}: {best} is missing (a killed or cleaned run); rerun the "
@@ -245,7 +246,9 @@ def load_run(model: str, results_dir: str | Path = "results", *, force: bool = F
     for key in ("labels", "train", "model_params", "code_version"):
         if key not in rec:
             raise PredictError(f"{rdir}: the run records no {key!r}; rerun `dvc repro train@{model}`")
-    members = int(rec["train"].get("seed_ensemble") or 1)  # models per fold (checkpoint dirs member0, member1…)
+    from pipeline.training.train import ensemble_size
+
+    members = ensemble_size(rec["train"])  # models per fold
     params = dict(rec["model_params"])
     features_dir = Path((rec.get("parameters") or {}).get("features_dir") or "data/features")
     recorded = rec.get("features") or {}

@@ -237,6 +237,12 @@ def ensemble_size(cfg: Mapping[str, Any]) -> int:
     return int(cfg.get("seed_ensemble") or 1)
 
 
+def member_checkpoint_dirs(ckpt: Path, n: int) -> list[Path]:
+    """Where each of a fold's ``n`` models keeps its checkpoints: the fold's dir itself for one model, else
+    ``member<k>/`` inside it (the fold's normalisation statistics stay in the fold's dir, shared)."""
+    return [ckpt] if n == 1 else [ckpt / f"member{k}" for k in range(n)]
+
+
 def class_loss(logits: torch.Tensor, y: torch.Tensor, cfg: Mapping[str, Any],
                weight: torch.Tensor | None) -> torch.Tensor:
     """Cross-entropy of ``logits`` (B, C) against ``y`` (B,), class-weighted and label-smoothed per ``cfg``."""
@@ -1008,10 +1014,10 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
                 lambda p: save_file(data.normalizer.to_tensors(), str(p), metadata={"mode": data.normalizer.mode}))
     amp = bool(cfg["amp"]) and device.type == "cuda"
     n, seed = ensemble_size(cfg), int(cfg["seed"])
+    ckpts = member_checkpoint_dirs(ckpt, n) if ckpt is not None else [None] * n
     members = []
-    for k in range(n):  # member k is the model a run with seed + k would train (its own checkpoint dir)
+    for k, member_ckpt in enumerate(ckpts):  # member k is the model a run with seed + k would train
         member_cfg = cfg if n == 1 else {**cfg, "seed": seed + k}
-        member_ckpt = ckpt if n == 1 or ckpt is None else ckpt / f"member{k}"
         member_where = where if n == 1 else f"{where} member {k} (seed {seed + k})"
         members.append(_train_member(model_name, data, member_cfg, member_ckpt, device, amp, member_where, log,
                                      create_model))
@@ -1215,14 +1221,14 @@ def _final_result(members: list[Member], data: FoldData, cfg, device, amp, t_sta
     first = members[0]
     ds = first.datasets
 
-    def outputs(split: str, loader_of) -> np.ndarray:
-        return ensemble_outputs([evaluate(m.model, loader_of(m), len(ds[split].utt_ids), ds[split].utt_index,
-                                          device, amp) for m in members], n_cls)
+    def outputs(split: str, loader: DataLoader) -> np.ndarray:
+        return ensemble_outputs([evaluate(m.model, loader, len(ds[split].utt_ids), ds[split].utt_index, device, amp)
+                                 for m in members], n_cls)
 
-    val_logits = outputs("val", lambda m: first.val_loader)
+    val_logits = outputs("val", first.val_loader)
     val_m, _ = score_outputs(val_logits, data, "val", task)
     test_loader = _loader(ds["test"], data, cfg, shuffle=False, seed=0)
-    test_logits = outputs("test", lambda m: test_loader)
+    test_logits = outputs("test", test_loader)
     test_m, ok = score_outputs(test_logits, data, "test", task)
     test_ids = [u for u, k in zip(data.splits["test"], ok, strict=True) if k]
     y = np.asarray(data.label_of["test"])[ok]
