@@ -123,7 +123,7 @@ class Requirements:
     cache keys, ``emoflow pull`` and the benchmarks read.
 
     ``inputs``: batch key → feature-store name (after ``inputs`` swaps and options such as RLC's ``use_text``);
-    ``features``: the distinct feature files; ``fold_plan``: the section's ``fold_plan`` or the paper's;
+    ``features``: the distinct feature files (with a ``train.distill`` teacher's); ``fold_plan``: the section's ``fold_plan`` or the paper's;
     ``config``: the model-config overrides; ``train``: the section's per-model training overrides;
     ``swapped``: the inputs that are not the paper's; ``label_map``: the section's corpus-label → class map
     (None: the manifest's labels).
@@ -139,8 +139,10 @@ class Requirements:
     label_map: dict[str, str] | None = None
 
 
-def requirements(name: str, section: dict[str, Any] | None = None) -> Requirements:
-    """Resolve ``params.yaml: models.<name>`` (``train``, ``fold_plan``, ``inputs`` and config keys).
+def requirements(name: str, section: dict[str, Any] | None = None,
+                 train_section: dict[str, Any] | None = None) -> Requirements:
+    """Resolve ``params.yaml: models.<name>`` (``train``, ``fold_plan``, ``inputs`` and config keys);
+    ``train_section``: params' top-level ``train`` (its ``distill`` wins over the model's, as in training).
 
     >>> requirements("rlc", {"use_text": True, "fold_plan": "loso"}).features
     ['lld17', 'word2vec']
@@ -152,7 +154,11 @@ def requirements(name: str, section: dict[str, Any] | None = None) -> Requiremen
     label_map = sec.pop("label_map", None)
     swapped = dict(sec.get("inputs") or {})
     inputs = info.inputs_for(**sec)
-    return Requirements(model=name, inputs=inputs, features=sorted(dict.fromkeys(inputs.values())),
+    # train.distill reads a teacher's stored encoder states too (pipeline/training/distill.py)
+    distill = (train_section or {}).get("distill") or train.get("distill")
+    teacher = distill.get("feature") if isinstance(distill, dict) else None
+    features = sorted(dict.fromkeys([*inputs.values(), *([str(teacher)] if teacher else [])]))
+    return Requirements(model=name, inputs=inputs, features=features,
                         fold_plan=str(plan), config={k: v for k, v in sec.items()}, train=train, swapped=swapped,
                         label_map=dict(label_map) if label_map else None)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 #: source files whose content is part of every fold's cache key
-CODE_FILES = ("pipeline/training/data.py", "pipeline/training/train.py", "pipeline/training/metrics.py")
+CODE_FILES = ("pipeline/training/data.py", "pipeline/training/train.py", "pipeline/training/metrics.py",
+              "pipeline/training/distill.py")
 
 
 def code_version() -> str:

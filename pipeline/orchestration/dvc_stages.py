@@ -32,7 +32,8 @@ RUNTIME_ONLY = ("device", "num_workers", "num_threads", "eval_batch_size", "cach
                 "task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir", "refresh_cache")
 NOT_DEPS = ("models", *RUNTIME_ONLY)
 #: the code every train stage runs (a change there may change any result)
-CODE = ("models", "pipeline/training/train.py", "pipeline/training/data.py", "pipeline/orchestration/flows.py", "pipeline/orchestration/results.py")
+CODE = ("models", "pipeline/training/train.py", "pipeline/training/data.py", "pipeline/training/distill.py",
+        "pipeline/orchestration/flows.py", "pipeline/orchestration/results.py")
 
 
 def train_items(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -46,7 +47,7 @@ def train_items(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if name not in sections:
             raise ParamsError(f"params.yaml: models.{name} missing (train.models lists it); add the section, "
                               "even as `{}`")
-        req = requirements(name, sections[name])
+        req = requirements(name, sections[name], train)
         items[name] = {"plan": req.fold_plan, "features": list(req.features)}
     return items
 

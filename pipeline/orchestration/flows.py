@@ -246,7 +246,7 @@ def fold_cache_key(
     """Content hash identifying one fold's training (see the module docstring); no paths, no timestamps."""
     from features.store import FeatureReader
     from models import get_model_info, make_config
-    from pipeline.training.train import RUNTIME_KEYS
+    from pipeline.training.train import RUNTIME_KEYS, extra_features
 
     info = get_model_info(model)
     specs = info.input_specs(**dict(model_params))
@@ -255,7 +255,7 @@ def fold_cache_key(
     utts = {u for u, _ in fold_rows}
     lab = manifest.set_index(manifest["utt_id"].astype(str))["label"].astype(str)
     feats = {}
-    for name in sorted({s.feature for s in specs.values()}):
+    for name in sorted({s.feature for s in specs.values()} | set(extra_features(train_cfg))):
         r = FeatureReader(Path(features_dir) / f"{name}.h5")
         try:
             sums = r.checksums()
@@ -608,7 +608,7 @@ def resolve_run(model: str, plan: str | None, *, manifest_path: str | Path, fold
     config, folds to run and the model config with the store's dimensions; reads the manifest, plan and store."""
     from models import get_model_info
     from pipeline.training.data import class_labels, open_readers, resolve_dims
-    from pipeline.training.train import resolve_train_config
+    from pipeline.training.train import extra_features, resolve_train_config
 
     info = get_model_info(model)
     model_params = dict(model_params or {})
@@ -626,7 +626,8 @@ def resolve_run(model: str, plan: str | None, *, manifest_path: str | Path, fold
     labels = class_labels(manifest, plan_df["utt_id"].astype(str))
     # dimensions come from the store: resolve them once so the cache key sees the real model config
     specs = info.input_specs(**model_params)
-    readers = open_readers(features_dir, [s.feature for s in specs.values()])
+    read = sorted({s.feature for s in specs.values()} | set(extra_features(train_cfg)))
+    readers = open_readers(features_dir, read)
     try:
         dims = resolve_dims(specs, readers, str(train_cfg.get("layer_reduce", "mean")))
         # bytes flipped on disk read back as other numbers (HDF5 keeps no checksum): compare every utterance this
@@ -640,7 +641,7 @@ def resolve_run(model: str, plan: str | None, *, manifest_path: str | Path, fold
     return RunSpec(model=model, info=info, plan=plan, folds_path=folds_path, manifest=manifest, plan_df=plan_df,
                    label_map=label_map, model_params=model_params, resolved_params={**model_params, **dims},
                    train_cfg=train_cfg, folds=chosen, labels=labels,
-                   features=feature_provenance(features_dir, sorted({s.feature for s in specs.values()})),
+                   features=feature_provenance(features_dir, read),
                    code=code_version())
 
 
@@ -739,6 +740,9 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
                       ("label_smoothing", "label_smoothing")):
         if train_cfg.get(key):
             reasons.append(f"{what} is not the paper's recipe")
+    if train_cfg.get("distill"):
+        reasons.append(f"distill: trained against a linear probe on {train_cfg['distill']['feature']} "
+                       "(a pretrained encoder) as well as the labels; the paper trained on labels only")
     if ensemble_size(train_cfg) > 1:
         reasons.append(f"seed_ensemble: {train_cfg['seed_ensemble']} models averaged per fold, the paper trained one")
     paper_noise, run_noise = info.train.get("noise_snr_db"), train_cfg.get("noise_snr_db")

@@ -424,7 +424,7 @@ def model_features(model: str, params: Mapping[str, Any] | None = None) -> tuple
         raise RemoteError(f"cannot import the model registry ({e}); pass the features explicitly "
                           "(emoflow pull --feature NAME)") from None
     section = dict(((params or {}).get("models") or {}).get(model) or {})
-    req = models.requirements(model, section)  # ValueError listing the known models on a typo
+    req = models.requirements(model, section, (params or {}).get("train"))  # ValueError naming the known models
     return list(req.features), req.fold_plan
 
 

@@ -443,6 +443,8 @@ class FeatureDataset(Dataset):
     #: keep every array read (after layer reduction) in memory: later epochs skip HDF5 reads and dtype
     #: conversion (same values; costs the split's size in RAM — for small corpora and stacked encoder layers)
     cache_in_memory: bool = False
+    #: ``train.distill``: per-utterance teacher probabilities ``(n_utts, C)`` (train split only), batched as ``soft``
+    soft_targets: np.ndarray | None = None
     items: list[Item] = field(default_factory=list)
     utt_index: list[int] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
@@ -519,6 +521,8 @@ class FeatureDataset(Dataset):
         out: dict[str, Any] = {"label": self.labels[self.utt_index[i]], "index": i}
         if self.targets is not None:  # a window carries its utterance's targets
             out["target"] = self.targets[self.utt_index[i]]
+        if self.soft_targets is not None:
+            out["soft"] = self.soft_targets[self.utt_index[i]]
         for key, view in self.views.items():
             if view.kind == "sequence":
                 a = self._sequence(view, item.utt_id)
@@ -568,8 +572,9 @@ def collate(items: Sequence[dict[str, Any]], views: Mapping[str, InputView], seg
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
     }
-    if "target" in items[0]:
-        batch["target"] = torch.from_numpy(np.stack([it["target"] for it in items]).astype(np.float32))
+    for key in ("target", "soft"):
+        if key in items[0]:
+            batch[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32))
     B = len(items)
     for key, view in views.items():
         arrays = [it[key] for it in items]

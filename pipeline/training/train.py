@@ -68,6 +68,13 @@ from pipeline.training.data import (
     split_of_fold,
     stable_seed,
 )
+from pipeline.training.distill import (
+    crossfit_probabilities,
+    distill_loss,
+    distill_settings,
+    soften,
+    speaker_groups,
+)
 from pipeline.training.metrics import compute_metrics, dimensional_metrics
 
 #: train settings the loop reads, with their defaults (the model's ``train`` dict overrides these, and
@@ -135,6 +142,9 @@ REGULARISER_DEFAULTS: dict[str, Any] = {
     # seed ensemble: None | n models per fold, trained alike from seeds seed, seed+1, ... (init, dropout, shuffling);
     # the fold's predictions average their class probabilities (and dimensional outputs). n times the training
     "seed_ensemble": None,
+    # knowledge distillation: None | {feature, pooling, weight, temperature, groups} — soft targets from a
+    # cross-fitted linear probe on a frozen encoder's stored states (pipeline/training/distill.py)
+    "distill": None,
 }
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory")
@@ -189,6 +199,7 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
     _check_swa(cfg)
     _check_label_smoothing(cfg)
     _check_seed_ensemble(cfg)
+    _check_distill(cfg)
     prob = cfg.get("noise_prob")
     if prob is not None and (isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob <= 1):
         raise TrainError(f"noise_prob must be null (every item) or a fraction in (0, 1], got {prob!r}")
@@ -230,6 +241,25 @@ def _check_seed_ensemble(cfg: Mapping[str, Any]) -> None:
     if cfg["seed_ensemble"] > 1 and cfg["fit"] != "gradient":
         raise TrainError("seed_ensemble averages models trained from different seeds: it needs fit: gradient "
                          "(a closed-form fit does not depend on the seed)")
+
+
+def _check_distill(cfg: dict[str, Any]) -> None:
+    if cfg.get("distill") is None:
+        return  # unset: not held by the resolved config (cache keys of other runs unchanged)
+    try:
+        cfg["distill"] = distill_settings(cfg["distill"])
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    if task_of(cfg) != "classification" or cfg["fit"] != "gradient" or cfg.get("mixup"):
+        raise TrainError("distill trains against a teacher's class probabilities: it needs task: classification, "
+                         "fit: gradient and mixup: null")
+
+
+def extra_features(cfg: Mapping[str, Any]) -> list[str]:
+    """Stored features a run reads besides its model's inputs: the ``distill`` teacher's (its cache key,
+    provenance and DVC dependencies include them)."""
+    d = cfg.get("distill")
+    return [str(d["feature"])] if isinstance(d, Mapping) and d.get("feature") else []
 
 
 def ensemble_size(cfg: Mapping[str, Any]) -> int:
@@ -361,6 +391,8 @@ class FoldData:
     #: dimensional tasks: the manifest's V/A/D columns and each split's ``(n, K)`` targets (NaN = unannotated)
     target_names: tuple[str, ...] = ()
     targets: dict[str, np.ndarray] | None = None
+    #: ``train.distill``: the teacher's tempered class probabilities ``(n_train, C)``, in ``splits["train"]`` order
+    soft_targets: np.ndarray | None = None
 
 
 def fold_targets(where: str, manifest: pd.DataFrame, splits: Mapping[str, list[str]],
@@ -468,6 +500,7 @@ def make_dataset(data: FoldData, split: str, train_cfg: Mapping[str, Any]) -> Fe
         utt_ids=data.splits[split],
         labels=data.label_of[split],
         targets=None if data.targets is None else data.targets[split],
+        soft_targets=data.soft_targets if split == "train" else None,
         segmenting=data.segmenting,
         split=split,
         noise_snr_db=None if train_cfg.get("noise_snr_db") == "none" else train_cfg.get("noise_snr_db"),
@@ -505,7 +538,7 @@ def _loader(ds: FeatureDataset, data: FoldData, cfg: Mapping[str, Any], *, shuff
 
 
 def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("label", "index", "target")}
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("label", "index", "target", "soft")}
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -906,6 +939,9 @@ def fit_epoch(model, loader, opt, cfg, st: LoopState, device, amp: bool, scaler,
                 if mixed is None:
                     logits = model(**inputs)
                     loss = task_loss(logits.float(), y, batch.get("target"), cfg, weight)
+                    if "soft" in batch:
+                        w, t = float(cfg["distill"]["weight"]), float(cfg["distill"]["temperature"])
+                        loss = (1.0 - w) * loss + w * distill_loss(logits.float(), batch["soft"].to(device), t)
                 else:
                     inputs, perm, lam = mixed
                     logits = model(**inputs).float()
@@ -1007,6 +1043,8 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
     where = f"{model_name} fold {fold}"
     data = prepare_fold(model_name, fold, manifest=manifest, folds=folds, features_dir=features_dir,
                         model_params=model_params, train_cfg=cfg, labels=labels)
+    if cfg.get("distill"):
+        data.soft_targets = teacher_targets(data, manifest, folds, features_dir, cfg, device, where, log)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt is not None and data.normalizer is not None and data.normalizer.stats:
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -1022,6 +1060,35 @@ def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, mod
         members.append(_train_member(model_name, data, member_cfg, member_ckpt, device, amp, member_where, log,
                                      create_model))
     return _final_result(members, data, cfg, device, amp, t_start)
+
+
+def teacher_targets(data: FoldData, manifest: pd.DataFrame, folds: pd.DataFrame, features_dir, cfg, device,
+                    where: str, log) -> np.ndarray:
+    """``train.distill``: the cross-fitted probe's tempered probabilities for the fold's training utterances."""
+    from models import create_model, get_model_info
+
+    d = cfg["distill"]
+    teacher_cfg = resolve_train_config(get_model_info("probe").train, {"device": cfg["device"]})
+    teacher_cfg.update(normalize=None, subset=cfg.get("subset"), fixed_frames=None, max_len=None, segment_s=None)
+    tdata = prepare_fold("probe", data.fold, manifest=manifest, folds=folds, features_dir=features_dir,
+                         model_params={"feature": d["feature"], "pooling": d["pooling"], "head": "linear"},
+                         train_cfg=teacher_cfg, labels=data.labels)
+    if tdata.splits["train"] != data.splits["train"]:
+        raise TrainError(f"{where}: distill: the teacher's training utterances differ from the model's")
+    teacher = create_model("probe", num_classes=len(data.labels), **tdata.model_overrides).to(device)
+    ds = {s: make_dataset(tdata, s, teacher_cfg) for s in ("train", "val")}
+    x, y = _fit_arrays(teacher, ds["train"], tdata, teacher_cfg, device)
+    xv, yv = _fit_arrays(teacher, ds["val"], tdata, teacher_cfg, device)
+    groups = speaker_groups(list(_speakers(manifest, {"train": data.splits["train"]}).get(u) for u in
+                                 data.splits["train"]), int(d["groups"]))
+    try:
+        probs, chosen = crossfit_probabilities(x, y, groups, xv, yv, len(data.labels), teacher.config)
+    except ValueError as e:
+        raise TrainError(f"{where}: distill teacher: {e}") from None
+    recall = [float((probs.argmax(1)[y == c] == c).mean()) for c in np.unique(y)]
+    log(f"{where}: distill teacher (probe on {d['feature']}, {len(np.unique(groups))} speaker groups, C {chosen}): "
+        f"cross-fitted training UA {100 * np.mean(recall):.1f}")
+    return soften(probs, float(d["temperature"]))
 
 
 @dataclass
