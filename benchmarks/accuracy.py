@@ -88,7 +88,7 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
     """The stages a ``dvc repro`` runs, in order, inside ``workdir``; returns each model's metrics and timing."""
     import yaml
 
-    from models import get_model_info
+    from models import requirements
     from pipeline.cli import stages
 
     params = yaml.safe_load(params_path.read_text())
@@ -98,10 +98,8 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
     for plan in params["folds"]["plans"]:
         stages.folds(params_path, plan, manifest, data / "folds" / f"{plan}.parquet")
     needed: set[str] = set()
-    for m in models:
-        sec = dict((params.get("models") or {}).get(m) or {})
-        sec.pop("train", None), sec.pop("fold_plan", None)
-        needed |= {s.feature for s in get_model_info(m).input_specs(**sec).values()}
+    for m in models:  # the models' inputs and any train.distill teacher's feature
+        needed |= set(requirements(m, (params.get("models") or {}).get(m), params.get("train")).features)
     missing = sorted(needed - set(params["extract"]["features"]))
     if missing:
         raise SystemExit(f"{params_path}: extract.features lacks {missing}, needed by the models {models}")
