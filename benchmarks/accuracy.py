@@ -88,7 +88,6 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
     """The stages a ``dvc repro`` runs, in order, inside ``workdir``; returns each model's metrics and timing."""
     import yaml
 
-    from models import requirements
     from pipeline.cli import stages
 
     params = yaml.safe_load(params_path.read_text())
@@ -97,6 +96,20 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
     stages.manifest(params_path, manifest)
     for plan in params["folds"]["plans"]:
         stages.folds(params_path, plan, manifest, data / "folds" / f"{plan}.parquet")
+    timings = extract_features(params_path, workdir, models)
+    out, failed = train_models(params_path, workdir, models, workdir / "results")
+    return {"models": out, "extract_s": timings, "failed": failed}
+
+
+def extract_features(params_path: Path, workdir: Path, models: list[str]) -> dict[str, float]:
+    """The extract stages of the features ``models`` read (a finished file is reused); seconds per feature."""
+    import yaml
+
+    from models import requirements
+    from pipeline.cli import stages
+
+    params = yaml.safe_load(params_path.read_text())
+    data = workdir / "data"
     needed: set[str] = set()
     for m in models:  # the models' inputs and any train.distill teacher's feature
         needed |= set(requirements(m, (params.get("models") or {}).get(m), params.get("train")).features)
@@ -108,10 +121,9 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
         if feat not in needed:
             continue
         t0 = time.perf_counter()
-        stages.extract(params_path, feat, manifest, data / "features" / f"{feat}.h5", progress=False)
+        stages.extract(params_path, feat, data / "manifest.parquet", data / "features" / f"{feat}.h5", progress=False)
         timings[feat] = time.perf_counter() - t0
-    out, failed = train_models(params_path, workdir, models, workdir / "results")
-    return {"models": out, "extract_s": timings, "failed": failed}
+    return timings
 
 
 def train_models(params_path: Path, workdir: Path, models: list[str],
@@ -142,6 +154,8 @@ VARIANTS = {
     "closed-form": ("closed-form fit (train.fit: sklearn)", {"fit": "sklearn"}),
     # each speaker standardised with its own (unlabelled) frames, test speakers included: transductive
     "speaker-norm": ("speaker normalisation (normalize: speaker)", {"normalize": "speaker"}),
+    # knowledge distillation from the cross-fitted closed-form Whisper probe (pipeline/training/distill.py)
+    "distill": ("distilled from the Whisper probe (train.distill)", {"distill": {"feature": "whisper"}}),
 }
 
 
@@ -159,6 +173,7 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
             (sec.get("train") or {}).pop(k, None)
     path = workdir / f"params.{variant}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+    extract_features(path, workdir, models)  # e.g. the distill teacher's feature
     out, failed = train_models(path, workdir, models, workdir / f"results-{variant}")
     if failed:
         raise SystemExit(f"variant {variant}: {failed}")
@@ -212,13 +227,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="also fit these in closed form (train.fit: sklearn; the probe's linear-probe recipe)")
     ap.add_argument("--speaker-norm", nargs="*", default=[], metavar="MODEL",
                     help="also train these with normalize: speaker (each speaker's own statistics), same folds")
+    ap.add_argument("--distill", nargs="*", default=[], metavar="MODEL",
+                    help="also train these with train.distill (teacher: the cross-fitted Whisper probe), same folds")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
     ap.add_argument("--collect", nargs="*", default=[], metavar="MODEL",
                     help="take these models' rows from the workspace's results/<model>/ (metrics.json + run.json "
                          "written by an earlier, interrupted run of this benchmark) instead of training them")
     ap.add_argument("--only-variants", action="store_true",
-                    help="train only the --ablate/--closed-form/--speaker-norm runs (merge them into the main JSON "
+                    help="train only the --ablate/--closed-form/--speaker-norm/--distill runs (merge them into the main JSON "
                          "with --merge)")
     ap.add_argument("--merge", nargs=2, metavar=("MAIN", "EXTRA"),
                     help="append EXTRA's rows (a run over the same workspace and folds) to MAIN and exit")
@@ -286,6 +303,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def result_changing(assignments: Sequence[str]) -> list[str]:
+    """The ``--set`` assignments that can change a result: those of runtime-only train keys (threads, device,
+    workers: left out of cache keys) are dropped.
+
+    >>> result_changing(["train.num_threads=1", "dataset.options.label_map=null"])
+    ['dataset.options.label_map=null']
+    """
+    from pipeline.training.train import RUNTIME_KEYS
+
+    runtime = {f"train.{k}" for k in RUNTIME_KEYS}
+    return [a for a in assignments if a.partition("=")[0] not in runtime]
+
+
 def merge_results(main_path: Path, extra_path: Path, replace: Sequence[str] = ()) -> dict[str, Any]:
     """Rows of ``extra`` (same folds and features) appended to ``main``; Δ UA recomputed against main's
     classical row; ``extra``'s machine and wall time kept under ``runs``. A row both files have (the baseline
@@ -293,8 +323,8 @@ def merge_results(main_path: Path, extra_path: Path, replace: Sequence[str] = ()
     are not from the same folds and features, and nothing is merged. The rows of the models in ``replace``
     (retrained with new settings) take the place of main's instead, listed under ``runs`` as replaced."""
     main, extra = json.loads(main_path.read_text()), json.loads(extra_path.read_text())
-    if (main["corpus_root"], main["params_file"], main.get("params_set", [])) != (
-            extra["corpus_root"], extra["params_file"], extra.get("params_set", [])):
+    if (main["corpus_root"], main["params_file"], result_changing(main.get("params_set", []))) != (
+            extra["corpus_root"], extra["params_file"], result_changing(extra.get("params_set", []))):
         raise SystemExit(f"{extra_path}: another corpus, params file or --set than {main_path}; not merged")
     have = {(r["model"], r["kind"]): i for i, r in enumerate(main["rows"])}
     reproduced, replaced = [], []
@@ -358,7 +388,7 @@ def set_deltas(rows: list[dict[str, Any]]) -> None:
 def variant_rows(params_path: Path, workdir: Path, args, base_ua: float | None) -> list[dict[str, Any]]:
     rows = []
     for variant, models in (("paper-recipe", args.ablate), ("closed-form", args.closed_form),
-                            ("speaker-norm", args.speaker_norm)):
+                            ("speaker-norm", args.speaker_norm), ("distill", args.distill)):
         if models:
             runs = run_variant(params_path, workdir, list(models), variant)
             rows += [summarise(m, runs[m], base_ua, kind=VARIANTS[variant][0]) for m in runs]

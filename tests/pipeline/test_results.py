@@ -134,15 +134,20 @@ def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a
                 "rows": [{"model": r["model"], "kind": r["kind"], "n": 8, "ua": r["ua"]["pooled"],
                           "ua_ci": list(classical_ci if r["model"] == "classical" else (0.5, 0.7))} for r in rows]}
 
-    def write(name, rows, **sig_kw):
+    def write(name, rows, params_set=(), **sig_kw):
         path = tmp_path / name
         machine = {"cpu": "x", "cores": 2, "torch": "2"}
         path.write_text(json.dumps({"corpus_root": "/c", "params_file": "p.yaml", "total_wall_s": 1.0,
-                                    "machine": machine, "rows": rows, "significance": sig(rows, **sig_kw)}))
+                                    "machine": machine, "rows": rows, "significance": sig(rows, **sig_kw),
+                                    "params_set": list(params_set)}))
         return path
 
     main = write("main.json", [row("classical", 0.6, "baseline"), row("ilt", 0.62)])
-    merged = merge_results(main, write("extra.json", [row("classical", 0.6, "baseline"), row("cat", 0.65)]))
+    with pytest.raises(SystemExit, match="--set"):  # another task (8 classes) is never merged in
+        merge_results(main, write("x.json", [row("classical", 0.6, "baseline")], ["dataset.options.label_map=null"]))
+    # one torch thread (a runtime-only key, not in any cache key) is the same run
+    merged = merge_results(main, write("extra.json", [row("classical", 0.6, "baseline"), row("cat", 0.65)],
+                                       ["train.num_threads=1"]))
     assert [r["model"] for r in merged["rows"]] == ["classical", "ilt", "cat"]
     assert merged["rows"][2]["ua_minus_classical"] == pytest.approx(0.05)
     assert merged["runs"][0]["reproduced_rows"] == ["classical"]
