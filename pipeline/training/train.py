@@ -1079,15 +1079,16 @@ def teacher_targets(data: FoldData, manifest: pd.DataFrame, folds: pd.DataFrame,
     ds = {s: make_dataset(tdata, s, teacher_cfg) for s in ("train", "val")}
     x, y = _fit_arrays(teacher, ds["train"], tdata, teacher_cfg, device)
     xv, yv = _fit_arrays(teacher, ds["val"], tdata, teacher_cfg, device)
-    groups = speaker_groups(list(_speakers(manifest, {"train": data.splits["train"]}).get(u) for u in
-                                 data.splits["train"]), int(d["groups"]))
+    speaker = _speakers(manifest, {"train": data.splits["train"]})
+    groups = speaker_groups([speaker[u] for u in data.splits["train"]], int(d["groups"]))
     try:
         probs, chosen = crossfit_probabilities(x, y, groups, xv, yv, len(data.labels), teacher.config)
     except ValueError as e:
         raise TrainError(f"{where}: distill teacher: {e}") from None
-    recall = [float((probs.argmax(1)[y == c] == c).mean()) for c in np.unique(y)]
+    from sklearn.metrics import balanced_accuracy_score
+
     log(f"{where}: distill teacher (probe on {d['feature']}, {len(np.unique(groups))} speaker groups, C {chosen}): "
-        f"cross-fitted training UA {100 * np.mean(recall):.1f}")
+        f"cross-fitted training UA {100 * balanced_accuracy_score(y, probs.argmax(axis=1)):.1f}")
     return soften(probs, float(d["temperature"]))
 
 
