@@ -17,6 +17,7 @@ resolved settings, whether the features came from random or pretrained weights, 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -156,6 +157,8 @@ VARIANTS = {
     "speaker-norm": ("speaker normalisation (normalize: speaker)", {"normalize": "speaker"}),
     # knowledge distillation from the cross-fitted closed-form Whisper probe (pipeline/training/distill.py)
     "distill": ("distilled from the Whisper probe (train.distill)", {"distill": {"feature": "whisper"}}),
+    # the other way round, where the params file distills: what distillation adds, measured on the same folds
+    "no-distill": ("without distillation (train.distill off)", {"distill": None}),
 }
 
 
@@ -164,20 +167,32 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
     models' own train overrides), results under ``<workdir>/results-<variant>``."""
     import yaml
 
-    changes = VARIANTS[variant][1]
-    params = yaml.safe_load(params_path.read_text())
-    params["train"].update(changes)
-    for m in models:
-        sec = (params.get("models") or {}).get(m) or {}
-        for k in changes:
-            (sec.get("train") or {}).pop(k, None)
     path = workdir / f"params.{variant}.yaml"
+    params = variant_params(yaml.safe_load(params_path.read_text()), models, variant)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     extract_features(path, workdir, models)  # e.g. the distill teacher's feature
     out, failed = train_models(path, workdir, models, workdir / f"results-{variant}")
     if failed:
         raise SystemExit(f"variant {variant}: {failed}")
     return out
+
+
+def variant_params(params: dict[str, Any], models: Sequence[str], variant: str) -> dict[str, Any]:
+    """``params`` with :data:`VARIANTS` ``[variant]`` set in the train section and dropped from ``models``'
+    own train overrides (so the variant's value is the one they train with).
+
+    >>> p = {"train": {"distill": None}, "models": {"ilt": {"train": {"distill": {"feature": "w"}, "lr": 1}}}}
+    >>> variant_params(p, ["ilt"], "no-distill")["models"]["ilt"]["train"]
+    {'lr': 1}
+    """
+    changes = VARIANTS[variant][1]
+    params = copy.deepcopy(params)
+    params["train"].update(changes)
+    for m in models:
+        sec = (params.get("models") or {}).get(m) or {}
+        for k in changes:
+            (sec.get("train") or {}).pop(k, None)
+    return params
 
 
 def collect_results(out_dir: Path) -> dict[str, Any]:
@@ -198,8 +213,9 @@ def summarise(model: str, run: dict[str, Any], baseline_ua: float | None, kind: 
         **{k: {"pooled": m[k]["pooled"] / 100, "mean": m[k]["mean"] / 100, "std": m[k]["std"] / 100}
            for k in ("ua", "wa", "macro_f1")},
         "per_class_recall_pooled": {c: v["pooled"] for c, v in m["per_class_recall"].items()},
-        # summed fold training times as recorded when the folds ran (a rerun reuses cached folds)
+        # summed fold training times as recorded when the folds ran (a rerun reuses cached folds: listed here)
         "train_s": m["fold_runtime_s"],
+        "cached_folds": m.get("cached_folds", []),
         "stage_wall_s": run["wall_s"],
         "features": {k: {"random_weights": v["random_weights"], "weights": v["weights"]}
                      for k, v in m["features"].items()},
@@ -229,18 +245,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="also train these with normalize: speaker (each speaker's own statistics), same folds")
     ap.add_argument("--distill", nargs="*", default=[], metavar="MODEL",
                     help="also train these with train.distill (teacher: the cross-fitted Whisper probe), same folds")
+    ap.add_argument("--no-distill", nargs="*", default=[], metavar="MODEL",
+                    help="also train these with train.distill off (where the params file distills them), same folds")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
     ap.add_argument("--collect", nargs="*", default=[], metavar="MODEL",
                     help="take these models' rows from the workspace's results/<model>/ (metrics.json + run.json "
                          "written by an earlier, interrupted run of this benchmark) instead of training them")
     ap.add_argument("--only-variants", action="store_true",
-                    help="train only the --ablate/--closed-form/--speaker-norm/--distill runs (merge them into the main JSON "
-                         "with --merge)")
+                    help="train only the variant runs (--ablate, --closed-form, --speaker-norm, --distill, "
+                         "--no-distill); merge them into the main JSON with --merge")
     ap.add_argument("--merge", nargs=2, metavar=("MAIN", "EXTRA"),
                     help="append EXTRA's rows (a run over the same workspace and folds) to MAIN and exit")
     ap.add_argument("--replace", nargs="*", default=[], metavar="MODEL",
                     help="with --merge: these models' rows in EXTRA (retrained with new settings) replace MAIN's")
+    ap.add_argument("--retire", metavar="KIND",
+                    help="with --merge --replace: drop MAIN's rows of this kind for the replaced models (a variant "
+                         "the new settings adopted); recorded under runs[].retired_rows")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
     ap.add_argument("--significance", metavar="JSON", help="add UA intervals and paired verdicts vs classical "
                     "(from --workdir's predictions) to a results file and exit")
@@ -249,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(markdown_table(json.loads(Path(args.table).read_text())))
         return {}
     if args.merge:
-        return merge_results(Path(args.merge[0]), Path(args.merge[1]), args.replace)
+        return merge_results(Path(args.merge[0]), Path(args.merge[1]), args.replace, args.retire)
     if args.significance:
         return add_significance(Path(args.significance), Path(args.workdir).resolve())
     import yaml
@@ -316,12 +337,15 @@ def result_changing(assignments: Sequence[str]) -> list[str]:
     return [a for a in assignments if a.partition("=")[0] not in runtime]
 
 
-def merge_results(main_path: Path, extra_path: Path, replace: Sequence[str] = ()) -> dict[str, Any]:
+def merge_results(main_path: Path, extra_path: Path, replace: Sequence[str] = (),
+                  retire: str | None = None) -> dict[str, Any]:
     """Rows of ``extra`` (same folds and features) appended to ``main``; Δ UA recomputed against main's
     classical row; ``extra``'s machine and wall time kept under ``runs``. A row both files have (the baseline
     retrained beside the extra rows) must give the same scores in both — it is then kept once — else the files
     are not from the same folds and features, and nothing is merged. The rows of the models in ``replace``
-    (retrained with new settings) take the place of main's instead, listed under ``runs`` as replaced."""
+    (retrained with new settings) take the place of main's instead, listed under ``runs`` as replaced; with
+    ``retire``, main's rows of that kind for the replaced models go (a variant the new settings adopted), each
+    listed under ``runs`` with its UA and whether the replacement reproduced it."""
     main, extra = json.loads(main_path.read_text()), json.loads(extra_path.read_text())
     if (main["corpus_root"], main["params_file"], result_changing(main.get("params_set", []))) != (
             extra["corpus_root"], extra["params_file"], result_changing(extra.get("params_set", []))):
@@ -341,16 +365,40 @@ def merge_results(main_path: Path, extra_path: Path, replace: Sequence[str] = ()
             raise SystemExit(f"{extra_path}: {r['model']} ({r['kind']}) gives UA {r['ua']['pooled']:.4f} there and "
                              f"{main['rows'][i]['ua']['pooled']:.4f} in {main_path}: not the same folds and features "
                              "(or retrained with new settings: --replace it); not merged")
+    retired = retire_rows(main, retire, replaced, extra["rows"]) if retire else []
     set_deltas(main["rows"])
     if "significance" in main or "significance" in extra:
         main["significance"] = merge_significance(main, extra, extra_path, replaced)
+        if main["significance"] and retired:
+            gone = {(r["model"], retire) for r in retired}
+            main["significance"]["rows"] = [r for r in main["significance"]["rows"]
+                                            if (r["model"], r["kind"]) not in gone]
     main["sum_of_model_train_s"] = sum(r["train_s"] for r in main["rows"])
     main.setdefault("runs", []).append({"file": extra_path.name, "total_wall_s": extra["total_wall_s"],
                                         "machine": extra["machine"], "reproduced_rows": reproduced,
-                                        "replaced_rows": replaced})
+                                        "replaced_rows": replaced, "retired_rows": retired})
     main_path.write_text(json.dumps(main, indent=2, default=str) + "\n")
     print(markdown_table(main))
     return main
+
+
+def retire_rows(main: dict[str, Any], kind: str, models: Sequence[str],
+                new_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop ``main``'s rows of ``kind`` for ``models``; what each was, and whether the model's new main row
+    scores the same (the variant's settings adopted, same folds: it should)."""
+    new = {r["model"]: r for r in new_rows if r["kind"] in ("paper model", "baseline")}
+    retired, kept = [], []
+    for r in main["rows"]:
+        if r["kind"] == kind and r["model"] in models:
+            n = new.get(r["model"])
+            retired.append({"model": r["model"], "kind": kind, "ua_pooled": r["ua"]["pooled"],
+                            "reproduced_by_new_row": n is not None and n["ua"] == r["ua"] and n["wa"] == r["wa"]})
+        else:
+            kept.append(r)
+    if not retired:
+        raise SystemExit(f"--retire {kind!r}: no rows of that kind for {list(models)}; not merged")
+    main["rows"] = kept
+    return retired
 
 
 def merge_significance(main: dict[str, Any], extra: dict[str, Any], extra_path: Path,
@@ -388,7 +436,8 @@ def set_deltas(rows: list[dict[str, Any]]) -> None:
 def variant_rows(params_path: Path, workdir: Path, args, base_ua: float | None) -> list[dict[str, Any]]:
     rows = []
     for variant, models in (("paper-recipe", args.ablate), ("closed-form", args.closed_form),
-                            ("speaker-norm", args.speaker_norm), ("distill", args.distill)):
+                            ("speaker-norm", args.speaker_norm), ("distill", args.distill),
+                            ("no-distill", args.no_distill)):
         if models:
             runs = run_variant(params_path, workdir, list(models), variant)
             rows += [summarise(m, runs[m], base_ua, kind=VARIANTS[variant][0]) for m in runs]

@@ -170,6 +170,20 @@ def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a
     fresh = merge_results(write("main2.json", [row("classical", 0.6, "baseline"), row("ilt", 0.62)]),
                           write("retrained2.json", [row("classical", 0.6, "baseline"), row("ilt", 0.66)]), replace=["ilt"])
     assert [(r["model"], r["ua"]) for r in fresh["significance"]["rows"]] == [("classical", 0.6), ("ilt", 0.66)]
+    # a variant the params adopted: its rows go once the model is retrained with it, and the file says so
+    kind = "distilled"
+    adopted = write("main3.json", [row("classical", 0.6, "baseline"), row("ilt", 0.62), row("cat", 0.63),
+                                   row("ilt", 0.66, kind), row("cat", 0.64, kind)])
+    with pytest.raises(SystemExit, match="no rows of that kind"):
+        merge_results(adopted, write("r3.json", [row("classical", 0.6, "baseline"), row("ilt", 0.66)]),
+                      replace=["ilt"], retire="other kind")
+    out = merge_results(adopted, write("r3.json", [row("classical", 0.6, "baseline"), row("ilt", 0.66)]),
+                        replace=["ilt"], retire=kind)
+    assert [(r["model"], r["kind"]) for r in out["rows"]] == [
+        ("classical", "baseline"), ("ilt", "paper model"), ("cat", "paper model"), ("cat", kind)]
+    assert out["runs"][-1]["retired_rows"] == [
+        {"model": "ilt", "kind": kind, "ua_pooled": 0.66, "reproduced_by_new_row": True}]
+    assert ("ilt", kind) not in {(r["model"], r["kind"]) for r in out["significance"]["rows"]}
 
 
 def test_accuracy_benchmark_set_changes_the_workspace_params_as_dvc_exp_run_s(tmp_path):
@@ -196,3 +210,22 @@ def test_accuracy_benchmark_set_changes_the_workspace_params_as_dvc_exp_run_s(tm
     (tmp_path / "eight.json").write_text(json.dumps({**common, "params_set": ["dataset.options.label_map=null"]}))
     with pytest.raises(SystemExit, match="--set"):
         merge_results(tmp_path / "four.json", tmp_path / "eight.json")
+
+
+def test_accuracy_benchmark_no_distill_variant_trains_the_params_models_without_their_teacher():
+    """params.ravdess.yaml distills every audio paper model; --no-distill measures them without it."""
+    import yaml
+
+    from benchmarks.accuracy import VARIANTS, variant_params
+    from pipeline.training.train import resolve_train_config
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.ravdess.yaml").read_text())
+    paper = ["ilt", "cat", "cnn_transformer", "cnn_lstm_transformer", "rlc", "head_fusion"]
+    for m in paper:
+        assert params["models"][m]["train"]["distill"]["feature"] == "whisper", m
+    off = variant_params(params, ["ilt", "rlc"], "no-distill")
+    assert VARIANTS["no-distill"][1] == {"distill": None} and off["train"]["distill"] is None
+    for m in paper:
+        cfg = resolve_train_config({}, {"distill": off["train"]["distill"]}, off["models"][m]["train"])
+        assert (cfg.get("distill") is None) == (m in ("ilt", "rlc")), m
+    assert params["models"]["ilt"]["train"]["distill"], "the input params are left as they were"
