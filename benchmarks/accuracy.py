@@ -215,7 +215,7 @@ def summarise(model: str, run: dict[str, Any], baseline_ua: float | None, kind: 
         "per_class_recall_pooled": {c: v["pooled"] for c, v in m["per_class_recall"].items()},
         # summed fold training times as recorded when the folds ran (a rerun reuses cached folds: listed here)
         "train_s": m["fold_runtime_s"],
-        "cached_folds": m.get("cached_folds", []),
+        "cached_folds": m.get("cached_folds", (m.get("run") or {}).get("cached_folds", [])),  # stage: under run
         "stage_wall_s": run["wall_s"],
         "features": {k: {"random_weights": v["random_weights"], "weights": v["weights"]}
                      for k, v in m["features"].items()},
