@@ -229,3 +229,28 @@ def test_accuracy_benchmark_no_distill_variant_trains_the_params_models_without_
         cfg = resolve_train_config({}, {"distill": off["train"]["distill"]}, off["models"][m]["train"])
         assert (cfg.get("distill") is None) == (m in ("ilt", "rlc")), m
     assert params["models"]["ilt"]["train"]["distill"], "the input params are left as they were"
+
+
+def test_paired_benchmark_writes_emoflow_compare_for_each_pair(tmp_path):
+    """benchmarks/paired.py: one paired comparison per pair, the same figures as compare_runs."""
+    import pandas as pd
+
+    from benchmarks.paired import main
+    from pipeline.orchestration.compare import compare_runs
+
+    labels = ["ang", "hap", "neu", "sad"] * 10
+    runs = {}
+    for name, wrong in (("good", 2), ("bad", 15)):
+        d = tmp_path / name
+        d.mkdir()
+        pred = [("neu" if i < wrong else y) for i, y in enumerate(labels)]
+        pd.DataFrame({"utt_id": [f"u{i}" for i in range(len(labels))], "fold": 0, "label": labels,
+                      "pred": pred}).to_parquet(d / "predictions.parquet")
+        runs[name] = str(d)
+    out = tmp_path / "paired.json"
+    got = main(["--out", str(out), "--n-boot", "50", "--pair", "good vs bad", runs["good"], runs["bad"]])
+    (pair,) = json.loads(out.read_text())["pairs"]
+    ref, _ = compare_runs(runs["good"], runs["bad"], n_boot=50, seed=0)
+    assert pair["label"] == "good vs bad" and pair["run_a"] == runs["good"]
+    assert pair["ua_diff"]["point"] == pytest.approx(ref.ua_diff.point) and ref.ua_diff.point > 0
+    assert pair["mcnemar_b"] == 9 and pair["mcnemar_c"] == 0 and got["pairs"][0]["n"] == len(labels)
