@@ -47,7 +47,7 @@ bench-predict: $(STAMP)
 bench-accuracy: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) OMP_WAIT_POLICY=PASSIVE \
 		$(BIN)/python -m benchmarks.accuracy --params params.ravdess.yaml --closed-form probe \
-		--ablate head_fusion cnn_transformer
+		--ablate head_fusion cnn_transformer --no-distill head_fusion
 
 lint: $(STAMP)
 	$(BIN)/ruff check features models pipeline tests benchmarks
