@@ -85,8 +85,10 @@ def prepare_workspace(params_file: Path, workdir: Path, assignments: Sequence[st
     return out
 
 
-def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[str, dict[str, Any]]:
-    """The stages a ``dvc repro`` runs, in order, inside ``workdir``; returns each model's metrics and timing."""
+def run_pipeline(params_path: Path, workdir: Path, models: list[str],
+                 features_from: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The stages a ``dvc repro`` runs, in order, inside ``workdir``; returns each model's metrics and timing.
+    Features found in ``features_from`` are linked in, not extracted (see :func:`extract_features`)."""
     import yaml
 
     from pipeline.cli import stages
@@ -97,13 +99,18 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str]) -> dict[st
     stages.manifest(params_path, manifest)
     for plan in params["folds"]["plans"]:
         stages.folds(params_path, plan, manifest, data / "folds" / f"{plan}.parquet")
-    timings = extract_features(params_path, workdir, models)
+    linked: dict[str, str] = {}
+    timings = extract_features(params_path, workdir, models, features_from, linked)
     out, failed = train_models(params_path, workdir, models, workdir / "results")
-    return {"models": out, "extract_s": timings, "failed": failed}
+    return {"models": out, "extract_s": timings, "failed": failed, "features_linked": linked}
 
 
-def extract_features(params_path: Path, workdir: Path, models: list[str]) -> dict[str, float]:
-    """The extract stages of the features ``models`` read (a finished file is reused); seconds per feature."""
+def extract_features(params_path: Path, workdir: Path, models: list[str], features_from: Path | None = None,
+                     linked: dict[str, str] | None = None) -> dict[str, float]:
+    """The extract stages of the features ``models`` read (a finished file is reused); seconds per feature.
+
+    A feature whose ``<name>.h5`` is in ``features_from`` (files pulled from the team's DVC remote, say, onto a
+    machine without the encoder's weights) is linked into the workspace instead and listed in ``linked``."""
     import yaml
 
     from models import requirements
@@ -121,10 +128,50 @@ def extract_features(params_path: Path, workdir: Path, models: list[str]) -> dic
     for feat in params["extract"]["features"]:
         if feat not in needed:
             continue
+        dst = data / "features" / f"{feat}.h5"
+        if features_from is not None and (features_from / f"{feat}.h5").is_file():
+            src = link_feature(features_from / f"{feat}.h5", dst)
+            if linked is not None:
+                linked[feat] = f"{src} ({feature_note(dst)})"
+            continue
         t0 = time.perf_counter()
-        stages.extract(params_path, feat, data / "manifest.parquet", data / "features" / f"{feat}.h5", progress=False)
+        stages.extract(params_path, feat, data / "manifest.parquet", dst, progress=False)
         timings[feat] = time.perf_counter() - t0
     return timings
+
+
+def link_feature(src: Path, dst: Path) -> Path:
+    """Hard-link (or copy, across file systems) the feature file ``src`` to ``dst``; refuses to replace a
+    different file already there. Returns ``src`` resolved."""
+    import shutil
+
+    src = src.resolve()
+    if dst.exists():
+        if dst.samefile(src):
+            return src
+        raise SystemExit(f"{dst}: a feature file is already there; remove it to use {src} (--features-from)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return src
+
+
+def feature_note(path: Path) -> str:
+    """What a feature file says it is: extractor, weights, and any ``pooled_copy`` note (benchmarks.pooled_copy)."""
+    from features.store import FeatureReader
+
+    reader = FeatureReader(path)
+    meta = reader.meta
+    reader.close()
+    prov = meta.provenance
+    note = f"{meta.extractor}, weights {prov.get('model') or meta.config.get('model') or 'none'}"
+    if meta.random_weights:
+        note += ", RANDOM WEIGHTS"
+    if prov.get("pooled_copy"):
+        note += f"; {prov['pooled_copy']}"
+    return note
 
 
 def train_models(params_path: Path, workdir: Path, models: list[str],
@@ -162,7 +209,8 @@ VARIANTS = {
 }
 
 
-def run_variant(params_path: Path, workdir: Path, models: list[str], variant: str) -> dict[str, dict[str, Any]]:
+def run_variant(params_path: Path, workdir: Path, models: list[str], variant: str,
+                features_from: Path | None = None) -> dict[str, dict[str, Any]]:
     """``models`` again with :data:`VARIANTS` ``[variant]`` applied to the train section (and removed from the
     models' own train overrides), results under ``<workdir>/results-<variant>``."""
     import yaml
@@ -170,7 +218,7 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
     path = workdir / f"params.{variant}.yaml"
     params = variant_params(yaml.safe_load(params_path.read_text()), models, variant)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    extract_features(path, workdir, models)  # e.g. the distill teacher's feature
+    extract_features(path, workdir, models, features_from)  # e.g. the distill teacher's feature
     out, failed = train_models(path, workdir, models, workdir / f"results-{variant}")
     if failed:
         raise SystemExit(f"variant {variant}: {failed}")
@@ -247,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="also train these with train.distill (teacher: the cross-fitted Whisper probe), same folds")
     ap.add_argument("--no-distill", nargs="*", default=[], metavar="MODEL",
                     help="also train these with train.distill off (where the params file distills them), same folds")
+    ap.add_argument("--features-from", type=Path, metavar="DIR",
+                    help="link DIR/<feature>.h5 into the workspace instead of extracting it (features pulled from "
+                         "a DVC remote, or a benchmarks.pooled_copy of an encoder feature); recorded in the JSON")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
     ap.add_argument("--collect", nargs="*", default=[], metavar="MODEL",
@@ -293,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(markdown_table(result))
         return result
-    runs = run_pipeline(params_path, workdir, [m for m in models if m not in args.collect])
+    runs = run_pipeline(params_path, workdir, [m for m in models if m not in args.collect], args.features_from)
     for m in args.collect:
         runs["models"][m] = collect_results(workdir / "results" / m)
     base = runs["models"].get("classical")
@@ -312,6 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "collected": list(args.collect),
         "sum_of_model_train_s": sum(r["train_s"] for r in rows),
         "extract_wall_s": runs["extract_s"],
+        "features_linked": runs["features_linked"],  # --features-from: not extracted in this run
         "rows": rows,
         "failed": runs["failed"],
         "note": "numbers on this corpus are never comparable to the papers' IEMOCAP numbers",
@@ -439,7 +491,7 @@ def variant_rows(params_path: Path, workdir: Path, args, base_ua: float | None) 
                             ("speaker-norm", args.speaker_norm), ("distill", args.distill),
                             ("no-distill", args.no_distill)):
         if models:
-            runs = run_variant(params_path, workdir, list(models), variant)
+            runs = run_variant(params_path, workdir, list(models), variant, args.features_from)
             rows += [summarise(m, runs[m], base_ua, kind=VARIANTS[variant][0]) for m in runs]
     return rows
 
