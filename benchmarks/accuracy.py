@@ -85,8 +85,8 @@ def prepare_workspace(params_file: Path, workdir: Path, assignments: Sequence[st
     return out
 
 
-def run_pipeline(params_path: Path, workdir: Path, models: list[str],
-                 features_from: Path | None = None) -> dict[str, dict[str, Any]]:
+def run_pipeline(params_path: Path, workdir: Path, models: list[str], features_from: Path | None = None,
+                 jobs: int = 1) -> dict[str, dict[str, Any]]:
     """The stages a ``dvc repro`` runs, in order, inside ``workdir``; returns each model's metrics and timing.
     Features found in ``features_from`` are linked in, not extracted (see :func:`extract_features`)."""
     import yaml
@@ -101,7 +101,7 @@ def run_pipeline(params_path: Path, workdir: Path, models: list[str],
         stages.folds(params_path, plan, manifest, data / "folds" / f"{plan}.parquet")
     linked: dict[str, str] = {}
     timings = extract_features(params_path, workdir, models, features_from, linked)
-    out, failed = train_models(params_path, workdir, models, workdir / "results")
+    out, failed = train_models(params_path, workdir, models, workdir / "results", jobs)
     return {"models": out, "extract_s": timings, "failed": failed, "features_linked": linked}
 
 
@@ -174,10 +174,13 @@ def feature_note(path: Path) -> str:
     return note
 
 
-def train_models(params_path: Path, workdir: Path, models: list[str],
-                 results_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def train_models(params_path: Path, workdir: Path, models: list[str], results_dir: Path,
+                 jobs: int = 1) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The ``train`` stage for each model (the cross_validate flow); ``(metrics and wall time per model,
-    failures)`` — one broken model must not cost the others' hour: it is recorded and the loop goes on."""
+    failures)`` — one broken model must not cost the others' hour: it is recorded and the loop goes on.
+    ``jobs`` > 1: that many models at once, each in its own process (:func:`train_in_worker`)."""
+    if jobs > 1 and len(models) > 1:
+        return _train_in_parallel(params_path, workdir, models, results_dir, jobs)
     from pipeline.cli import stages
 
     data = workdir / "data"
@@ -196,6 +199,51 @@ def train_models(params_path: Path, workdir: Path, models: list[str],
     return out, failed
 
 
+def _train_in_parallel(params_path: Path, workdir: Path, models: list[str], results_dir: Path,
+                       jobs: int) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from benchmarks.accuracy import train_in_worker  # by module name: picklable when run with -m
+
+    out: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    # a fresh process per model (3.11+): its own Prefect home and log, no state left by the previous model
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), **fresh) as pool:
+        futures = {m: pool.submit(train_in_worker, params_path, workdir, m, results_dir) for m in models}
+        for m in models:  # the rows keep the order of ``models``
+            try:
+                done, why = futures[m].result()
+            except Exception as e:  # the worker process itself broke (killed, out of memory, ...)
+                done, why = {}, {m: f"{type(e).__name__}: {e}"}
+            out.update(done)
+            failed.update(why)
+            print(f"[benchmark] {m}: {'FAILED, ' + why[m] if why else 'done'} (log: {workdir / 'logs' / m}.log)",
+                  flush=True)
+    return out, failed
+
+
+def train_in_worker(params_path: Path, workdir: Path, model: str,
+                    results_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """:func:`train_models` for one model in a worker process, its output (the temporary Prefect server's too)
+    in ``<workdir>/logs/<model>.log``. Without ``PREFECT_API_URL`` (a server the runs go to) each worker gets its
+    own ``PREFECT_HOME``, so that concurrent temporary Prefect servers do not share one database."""
+    if not os.environ.get("PREFECT_API_URL"):
+        home = workdir / ".prefect-workers" / model
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home)
+    log = workdir / "logs" / f"{model}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)  # the process's own descriptors: what the process and its children print lands in the log
+    os.dup2(fd, 2)
+    os.close(fd)
+    return train_models(params_path, workdir, [model], results_dir)
+
+
 #: variant name → (row kind, train-section changes): the same models, folds and features, one setting changed
 VARIANTS = {
     "paper-recipe": ("paper recipe (normalize, class weights off)", {"normalize": None, "class_weights": None}),
@@ -210,7 +258,7 @@ VARIANTS = {
 
 
 def run_variant(params_path: Path, workdir: Path, models: list[str], variant: str,
-                features_from: Path | None = None) -> dict[str, dict[str, Any]]:
+                features_from: Path | None = None, jobs: int = 1) -> dict[str, dict[str, Any]]:
     """``models`` again with :data:`VARIANTS` ``[variant]`` applied to the train section (and removed from the
     models' own train overrides), results under ``<workdir>/results-<variant>``."""
     import yaml
@@ -219,7 +267,7 @@ def run_variant(params_path: Path, workdir: Path, models: list[str], variant: st
     params = variant_params(yaml.safe_load(params_path.read_text()), models, variant)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     extract_features(path, workdir, models, features_from)  # e.g. the distill teacher's feature
-    out, failed = train_models(path, workdir, models, workdir / f"results-{variant}")
+    out, failed = train_models(path, workdir, models, workdir / f"results-{variant}", jobs)
     if failed:
         raise SystemExit(f"variant {variant}: {failed}")
     return out
@@ -298,6 +346,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--features-from", type=Path, metavar="DIR",
                     help="link DIR/<feature>.h5 into the workspace instead of extracting it (features pulled from "
                          "a DVC remote, or a benchmarks.pooled_copy of an encoder feature); recorded in the JSON")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="train N models at once, each in its own process (logs: <workdir>/logs/<model>.log); "
+                         "on 2 cores use --jobs 2 --set train.num_threads=1")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in --out and only run the --ablate models (same workspace/folds)")
     ap.add_argument("--collect", nargs="*", default=[], metavar="MODEL",
@@ -344,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(markdown_table(result))
         return result
-    runs = run_pipeline(params_path, workdir, [m for m in models if m not in args.collect], args.features_from)
+    runs = run_pipeline(params_path, workdir, [m for m in models if m not in args.collect], args.features_from,
+                        args.jobs)
     for m in args.collect:
         runs["models"][m] = collect_results(workdir / "results" / m)
     base = runs["models"].get("classical")
@@ -364,6 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sum_of_model_train_s": sum(r["train_s"] for r in rows),
         "extract_wall_s": runs["extract_s"],
         "features_linked": runs["features_linked"],  # --features-from: not extracted in this run
+        "jobs": args.jobs,  # models trained at once (each in its own process)
         "rows": rows,
         "failed": runs["failed"],
         "note": "numbers on this corpus are never comparable to the papers' IEMOCAP numbers",
@@ -491,7 +544,7 @@ def variant_rows(params_path: Path, workdir: Path, args, base_ua: float | None) 
                             ("speaker-norm", args.speaker_norm), ("distill", args.distill),
                             ("no-distill", args.no_distill)):
         if models:
-            runs = run_variant(params_path, workdir, list(models), variant, args.features_from)
+            runs = run_variant(params_path, workdir, list(models), variant, args.features_from, args.jobs)
             rows += [summarise(m, runs[m], base_ua, kind=VARIANTS[variant][0]) for m in runs]
     return rows
 
@@ -592,6 +645,8 @@ def significance_table(result: dict[str, Any]) -> str:
         p = "—" if v is None else f"{v['mcnemar_p']:.2g}"
         lines.append(f"| `{r['model']}` | {r['kind']} | {r['ua']:.3f} [{r['ua_ci'][0]:.3f}, {r['ua_ci'][1]:.3f}] "
                      f"| {diff} | {verdict} | {p} |")
+    if not sig["rows"]:
+        return "\n".join(lines)
     lines += ["", f"{sig['n_boot']} bootstrap resamples of the {sig['rows'][0]['n']} pooled test utterances "
               f"(seed {sig['seed']}); resolved = the 95 % interval of the difference excludes 0; a variant row "
               f"is compared with the {b} row of the same variant where there is one."]
