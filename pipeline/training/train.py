@@ -906,17 +906,20 @@ def _dead_worker(it, e: BaseException) -> str | None:
     old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     try:
         msg = str(e).splitlines()[0] if "DataLoader worker" in str(e) else None
-        for _ in range(40 if msg is None else 0):
-            try:
-                _error_if_any_worker_fails()  # workers forked by this process
-            except RuntimeError as dead:
-                msg = str(dead).splitlines()[0]
+        for _ in range(40):
+            if msg is None:
+                try:
+                    _error_if_any_worker_fails()  # workers forked by this process
+                except RuntimeError as dead:
+                    msg = str(dead).splitlines()[0]
+            if msg is not None and "signal" in msg:  # PyTorch named the cause
                 break
             gone = [w for w in getattr(it, "_workers", []) if not w.is_alive()]  # forkserver/spawn workers
             if gone:
                 code = gone[0].exitcode
                 how = f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-                msg = f"DataLoader worker (pid {gone[0].pid}) died ({how})"
+                # PyTorch's own "exited unexpectedly" (its watchdog can win the race under load) gets the cause
+                msg = f"DataLoader worker (pid {gone[0].pid}) died ({how})" if msg is None else f"{msg} ({how})"
                 break
             time.sleep(0.05)  # a connection reset can arrive just before the worker is reaped
         it._shutdown_workers()
