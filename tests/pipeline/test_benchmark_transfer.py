@@ -3,6 +3,8 @@ features linked in from elsewhere instead of extracted (benchmarks.accuracy --fe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,8 @@ from benchmarks.accuracy import extract_features, feature_note, link_feature
 from benchmarks.pooled_copy import pooled_copy, two_frames
 from features.store import FeatureReader, FeatureWriter, FileMeta
 from models import create_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _encoder_file(path, n_utts=5, layers=3, dim=8, seed=0) -> dict[str, np.ndarray]:
@@ -64,3 +68,35 @@ def test_features_from_links_instead_of_extracting_and_refuses_to_replace_anothe
     _encoder_file(tmp_path / "other.h5", seed=1)
     with pytest.raises(SystemExit, match="already there"):
         link_feature(tmp_path / "other.h5", stored)
+
+
+def test_jobs_train_models_in_parallel_with_the_rows_of_a_one_at_a_time_run(prefect_harness, tmp_path, monkeypatch):
+    """``--jobs 2``: the models train at once, each in its own process (own log, own Prefect home), and give the
+    rows a one-at-a-time run gives."""
+    from benchmarks import accuracy
+    from models import tiny_config
+    from pipeline.corpus.demo_corpus import generate_demo_corpus
+
+    generate_demo_corpus(tmp_path / "demo", seed=1, n_speakers=4, n_sessions=2, utts_per_speaker=8,
+                         min_duration=1.0, max_duration=1.5)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["dataset"]["root"] = str(tmp_path / "demo")
+    params["folds"]["plans"] = ["random_55_25_20"]
+    params["extract"].update(features=["functionals", "logmel40"], jobs=1)
+    params["train"].update(models=["classical", "ilt"], epochs=1, batch_size=8, fixed_frames=64, num_threads=1)
+    params["models"]["classical"]["fold_plan"] = "random_55_25_20"
+    params["models"]["ilt"] = {**{k: list(v) if isinstance(v, tuple) else v for k, v in tiny_config("ilt").items()},
+                               "fold_plan": "random_55_25_20"}
+    p = tmp_path / "params.demo.yaml"
+    p.write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    rows = {}
+    for jobs in (1, 2):
+        result = accuracy.main(["--params", str(p), "--workdir", str(tmp_path / f"w{jobs}"),
+                                "--out", str(tmp_path / f"{jobs}.json"), "--jobs", str(jobs)])
+        assert result["failed"] == {} and result["jobs"] == jobs
+        rows[jobs] = [(r["model"], r["ua"], r["wa"]) for r in result["rows"]]
+    assert [m for m, *_ in rows[2]] == ["classical", "ilt"] and rows[2] == rows[1]
+    for m in ("classical", "ilt"):  # each worker's output, its temporary Prefect server's included
+        assert f"{m}-fold0" in (tmp_path / "w2" / "logs" / f"{m}.log").read_text()
+        assert (tmp_path / "w2" / ".prefect-workers" / m).is_dir()

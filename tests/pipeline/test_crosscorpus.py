@@ -140,33 +140,3 @@ def test_demo_to_ravdess_through_the_pipeline_stages(two_corpora, prefect_harnes
     report = (tmp_path / "report.md").read_text()
     assert "| classical | demo+ravdess |" in report and "cross_corpus (1)" in report
 
-
-def test_accuracy_benchmark_jobs_train_models_in_parallel_with_the_same_results(two_corpora, prefect_harness,
-                                                                                  tmp_path, monkeypatch):
-    """``--jobs 2``: the models train at once, each in its own process (own log, own Prefect home), and give the
-    rows a one-at-a-time run gives."""
-    from benchmarks import accuracy
-    from models import tiny_config
-
-    root, corpora = two_corpora
-    params = yaml.safe_load((ROOT / "params.crosscorpus.yaml").read_text())
-    params["dataset"].update(root=str(root / "demo"), options={"classes": CLASSES, "corpora": corpora})
-    params["extract"].update(features=["functionals", "logmel40"], jobs=1)
-    params["train"].update(models=["classical", "ilt"], epochs=1, batch_size=8, fixed_frames=64, num_threads=1)
-    ilt = params["models"]["ilt"]
-    ilt.update({k: list(v) if isinstance(v, tuple) else v for k, v in tiny_config("ilt").items()})
-    ilt.pop("train", None)
-    p = tmp_path / "params.crosscorpus.yaml"
-    p.write_text(yaml.safe_dump(params))
-    monkeypatch.chdir(tmp_path)
-    rows = {}
-    for jobs in (1, 2):
-        w = tmp_path / f"w{jobs}"
-        result = accuracy.main(["--params", str(p), "--workdir", str(w), "--out", str(tmp_path / f"{jobs}.json"),
-                                "--jobs", str(jobs)])
-        assert result["failed"] == {} and result["jobs"] == jobs
-        rows[jobs] = [(r["model"], r["ua"], r["wa"]) for r in result["rows"]]
-    assert [m for m, *_ in rows[2]] == ["classical", "ilt"] and rows[2] == rows[1]
-    for m in ("classical", "ilt"):  # each worker's output, its temporary Prefect server's included
-        assert f"{m}-fold0" in (tmp_path / "w2" / "logs" / f"{m}.log").read_text()
-        assert (tmp_path / "w2" / ".prefect-workers" / m).is_dir()
