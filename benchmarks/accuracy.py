@@ -319,6 +319,9 @@ def summarise(model: str, run: dict[str, Any], baseline_ua: float | None, kind: 
         "model_params": m["model_params"],
         "best_epochs": [f["best_epoch"] for f in m["folds"].values()],
     }
+    val = [f["val_ua"] / 100 for f in m["folds"].values() if f.get("val_ua") is not None]
+    if val:  # the validation actors' UA (training actors only): a score to choose settings by, never a test fold
+        row["val_ua_mean"] = sum(val) / len(val)
     if baseline_ua is not None:
         row["ua_minus_classical"] = row["ua"]["pooled"] - baseline_ua
     return row

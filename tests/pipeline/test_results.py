@@ -31,7 +31,7 @@ def _result(model: str, labels=CLASSES) -> dict:
         "random_weights_features": [], "paper": {"wa": 67.56, "ua": 68.63, "row": "Table 2", "title": "t"},
         "wa": dict(stat), "ua": dict(stat), "macro_f1": dict(stat),
         "per_class_recall": {c: dict(stat) for c in labels},
-        "folds": {"0": {"wa": 60.0, "ua": 59.0, "best_epoch": 1, "runtime_s": 3.5}}, "n_folds": 1,
+        "folds": {"0": {"wa": 60.0, "ua": 59.0, "val_ua": 55.0, "best_epoch": 1, "runtime_s": 3.5}}, "n_folds": 1,
         "labels": list(labels), "pooled_confusion": [[1]], "pooled_confusion_normalized": [[1.0]],
         "train_samples_per_s": 100.0, "fold_runtime_s": 3.5, "runtime_s": 9.0,
         "train": {"epochs": 2}, "model_params": {"n_mels": 40}, "code_version": "ef" * 32,
@@ -120,6 +120,7 @@ def test_accuracy_benchmark_reads_a_finished_run_from_the_two_files(tmp_path):
     assert row["per_class_recall_pooled"] == {c: v["pooled"] for c, v in full["per_class_recall"].items()}
     assert row["fold_plan"] == "loso" and row["best_epochs"] == [1] and row["train_s"] == 3.5
     assert row["ua_minus_classical"] == pytest.approx(full["ua"]["pooled"] / 100 - 0.5)
+    assert row["val_ua_mean"] == pytest.approx(0.55)  # the validation actors' UA, to choose settings by
 
 
 def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a_different_one(tmp_path):
