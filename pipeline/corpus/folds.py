@@ -282,6 +282,12 @@ def _group_kfold(m, seed, *, group: str = "speaker", n_splits: int = 6, val_grou
         if "gender" not in m.columns:
             raise FoldError("group_kfold: balance='gender' needs a gender column in the manifest (or balance: null)")
         g_of = m.groupby(group)["gender"].agg(lambda s: s.mode().iat[0] if len(s.mode()) else "")
+        # the manifest adapter writes an empty gender where the corpus has none: balancing on it balances nothing
+        unknown = sorted(str(g) for g in groups if str(g_of[g]).strip() in ("", "nan", "None"))
+        if unknown:
+            raise FoldError(f"group_kfold: balance='gender' needs every {group}'s gender; {len(unknown)} of "
+                            f"{len(groups)} have none ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})"
+                            f": fill the manifest's gender column or set folds.options.group_kfold.balance: null")
         strata = {}
         for g in groups:
             strata.setdefault(str(g_of[g]), []).append(g)

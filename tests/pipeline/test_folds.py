@@ -138,6 +138,9 @@ def test_group_kfold_bad_options():
     with pytest.raises(FoldError, match="needs a gender column"):
         make_folds("group_kfold", m.drop(columns="gender"), n_splits=3)
     assert make_folds("group_kfold", m.drop(columns="gender"), n_splits=3, balance=None)["fold"].nunique() == 3
+    blank = m.assign(gender=m["gender"].where(m["speaker"] != "s02", ""))  # what the adapter writes for "unknown"
+    with pytest.raises(FoldError, match=r"needs every speaker's gender; 1 of 12 have none \(s02\)"):
+        make_folds("group_kfold", blank, n_splits=3)
 
 
 @HYP
