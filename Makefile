@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test bench bench-accuracy bench-accuracy-1h bench-predict lint clean
+.PHONY: demo test bench bench-accuracy bench-accuracy-1h bench-template-check bench-predict lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -60,6 +60,14 @@ bench-accuracy-1h: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 \
 		$(BIN)/python -m benchmarks.accuracy --params params.ravdess.yaml --workdir .emoflow/bench-ravdess-1h \
 		--out benchmarks/results/accuracy_ravdess_1h.json --closed-form probe --jobs 2 \
+		--models rlc cat ilt cnn_lstm_transformer cnn_transformer probe head_fusion classical \
+		--set train.num_threads=1 $(ONE_SEED)
+
+# params.ravdess.yaml as the README's template for another corpus: RAVDESS actors 1-12 relabelled, no gender column,
+# the one-hour profile's models and settings (benchmarks/template_check.py).
+bench-template-check: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 \
+		$(BIN)/python -m benchmarks.template_check --closed-form probe --jobs 2 \
 		--models rlc cat ilt cnn_lstm_transformer cnn_transformer probe head_fusion classical \
 		--set train.num_threads=1 $(ONE_SEED)
 

@@ -104,3 +104,29 @@ def test_one_hour_profile_trains_one_model_per_fold_for_every_ensemble_but_the_k
     assert kept == {"rlc"}
     assert set(re.findall(r"models\.(\w+)\.train\.seed_ensemble=1", dry)) == ensembles - kept
     assert "--jobs 2" in dry and "--ablate" not in dry
+
+
+def test_the_ravdess_file_as_a_template_builds_another_corpus_manifest_and_folds(tmp_path):
+    """benchmarks/template_check.py: the README's edits to params.ravdess.yaml for another corpus (own label names,
+    no gender column) give a valid params file whose manifest and speaker-independent folds build."""
+    import os
+
+    from benchmarks.template_check import write_corpus, write_params
+    from pipeline.corpus.corpora import build_manifest
+    from pipeline.corpus.folds import make_folds
+
+    ravdess = Path(os.environ.get("EMOFLOW_RAVDESS", ROOT.parent / "shared" / "corpora" / "ravdess"))
+    if not (ravdess / "manifest.csv").is_file():
+        pytest.skip(f"RAVDESS not found at {ravdess} (set EMOFLOW_RAVDESS to the folder holding manifest.csv)")
+    csv_path = write_corpus(ravdess, 4, tmp_path / "corpus")
+    p = load_params(write_params(ROOT / "params.ravdess.yaml", csv_path))
+    assert p["dataset"]["root"] == str(csv_path.parent) and p["folds"]["options"]["group_kfold"]["balance"] is None
+    ds = p["dataset"]
+    m = build_manifest(ds["name"], ds["root"], **{k: v for k, v in ds["options"].items() if k != "jobs"}, jobs=1)
+    assert len(m) == 4 * 28 and sorted(m["label"].unique()) == ["ang", "hap", "neu", "sad"]
+    folds = make_folds("group_kfold", m, n_splits=3, val_groups=1, **{k: v for k, v in p["folds"]["options"][
+        "group_kfold"].items() if k not in ("n_splits", "val_groups")})
+    for f in range(3):
+        part = folds[folds["fold"] == f].merge(m[["utt_id", "speaker"]], on="utt_id")
+        spk = {s: set(part.loc[part["split"] == s, "speaker"]) for s in ("train", "val", "test")}
+        assert not (spk["train"] & spk["test"]) and not (spk["val"] & spk["test"]) and not (spk["train"] & spk["val"])
