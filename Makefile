@@ -55,21 +55,19 @@ bench-accuracy: $(STAMP)
 # the least stable model; one rlc per fold lost to classical), no ablation rows, longest jobs first so the two
 # workers finish together. Resumes like bench-accuracy (its workspace caches finished folds).
 KEEP_SEEDS := rlc
-ONE_SEED := $(foreach m,ilt cnn_lstm_transformer cat cnn_transformer head_fusion,models.$(m).train.seed_ensemble=1)
+ONE_HOUR_MODELS := rlc cat ilt cnn_lstm_transformer cnn_transformer probe head_fusion classical
+ONE_SEED := $(foreach m,$(filter-out $(KEEP_SEEDS) probe classical,$(ONE_HOUR_MODELS)),models.$(m).train.seed_ensemble=1)
+ONE_HOUR_ARGS := --closed-form probe --jobs 2 --models $(ONE_HOUR_MODELS) --set train.num_threads=1 $(ONE_SEED)
 bench-accuracy-1h: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 \
 		$(BIN)/python -m benchmarks.accuracy --params params.ravdess.yaml --workdir .emoflow/bench-ravdess-1h \
-		--out benchmarks/results/accuracy_ravdess_1h.json --closed-form probe --jobs 2 \
-		--models rlc cat ilt cnn_lstm_transformer cnn_transformer probe head_fusion classical \
-		--set train.num_threads=1 $(ONE_SEED)
+		--out benchmarks/results/accuracy_ravdess_1h.json $(ONE_HOUR_ARGS)
 
 # params.ravdess.yaml as the README's template for another corpus: RAVDESS actors 1-12 relabelled, no gender column,
 # the one-hour profile's models and settings (benchmarks/template_check.py).
 bench-template-check: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH PREFECT_HOME=$(abspath .prefect) OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 \
-		$(BIN)/python -m benchmarks.template_check --closed-form probe --jobs 2 \
-		--models rlc cat ilt cnn_lstm_transformer cnn_transformer probe head_fusion classical \
-		--set train.num_threads=1 $(ONE_SEED)
+		$(BIN)/python -m benchmarks.template_check $(ONE_HOUR_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check features models pipeline tests benchmarks
