@@ -5,9 +5,10 @@ experiment behind a small-corpus setting (``train_fold`` directly, as the flow r
         [--folds 0 1 2] [--workdir .emoflow/bench-ravdess] [--out benchmarks/results/pilots_ravdess.json]
 
 Prints each fold's test UA, selected epoch and validation UA, then the mean validation UA (a score that never
-touches a test fold; on RAVDESS's 2-actor validation splits it did not rank settings, see the README) and the
-pooled test UA/WA; appends a row (model, tag, overrides, pooled and per-fold metrics, wall time, machine) to
-``--out``. A pilot chooses settings; the benchmark (``make bench-accuracy``, through the pipeline's stages)
+touches a test fold; on RAVDESS's 2-actor validation splits it did not rank settings, see the README; with a
+validation pick it is biased up, so rows also carry ``val_ua_last_mean``, the final epoch's, to compare a
+picked setting with an unpicked one like with like) and the pooled test UA/WA; appends a row (model, tag,
+overrides, pooled and per-fold metrics, wall time, machine) to ``--out``. A pilot chooses settings; the benchmark (``make bench-accuracy``, through the pipeline's stages)
 gives the results quoted as results.
 
 ``--seeds 0 1 2`` trains the whole plan once per seed (``train.seed``): one row per seed, then a
@@ -83,7 +84,9 @@ def _run_plan(args, ws, tag: str, out_file) -> tuple[pd.DataFrame, list[dict]]:
         r = train_fold(args.model, int(fold), manifest=ws.manifest, folds=ws.folds, features_dir=ws.features_dir,
                        model_params=ws.model_params, train_params=ws.train_params, log=lambda s: None)
         tables.append(pd.DataFrame(r.predictions).assign(fold=int(fold)))
+        # val_ua is picked on when select_on is a validation score (biased up); val_ua_last, the final epoch's, is not
         per_fold.append({"fold": int(fold), "test_ua": r.test["ua"], "val_ua": r.val["ua"],
+                         "val_ua_last": r.history[-1].get("val_ua") if r.history else None,
                          "best_epoch": r.best_epoch, "epochs_run": r.epochs_run})
         if out_file is not None:  # after every fold: a stopped pilot keeps what it computed
             pd.concat(tables, ignore_index=True).to_parquet(out_file)
@@ -150,9 +153,11 @@ def _pilot_row(args, overrides: dict, seed: int | None, pred_dir: Path | None, t
     table, per_fold = _run_plan(args, ws, args.tag, pred_dir / f"{name}.parquet" if pred_dir else None)
     tables.append(table)
     val = [f["val_ua"] for f in per_fold if "val_ua" in f]
+    last = [f["val_ua_last"] for f in per_fold if f.get("val_ua_last") is not None]
     row = {"model": args.model, "tag": args.tag, "plan": ws.plan, "overrides": overrides, "seed": seed,
            "ua_pooled": _ua(table) / 100, "wa_pooled": accuracy_score(table["label"], table["pred"]),
            "val_ua_mean": sum(val) / len(val) / 100 if val else None,
+           "val_ua_last_mean": sum(last) / len(last) / 100 if last else None,
            "folds": per_fold, "wall_s": time.perf_counter() - t0, "threads": args.threads,
            "machine": machine_info(), **_against(args, table)}
     return emit_row(row, ("model", "tag", "seed", "val_ua_mean", "ua_pooled", "wa_pooled", "wall_s"), args.out)

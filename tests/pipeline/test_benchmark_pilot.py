@@ -27,6 +27,8 @@ def test_pilot_pools_its_folds_and_appends_rows(tmp_path):
     row = main(args)
     assert row["overrides"] == {"train": {"select_on": "last"}} and [f["fold"] for f in row["folds"]] == [0]
     assert row["folds"][0]["best_epoch"] == 1  # the override reached the fold's training
+    assert row["folds"][0]["val_ua_last"] == row["folds"][0]["val_ua"]  # select_on: last picks the final epoch
+    assert row["val_ua_last_mean"] * 100 == pytest.approx(row["folds"][0]["val_ua_last"])
     assert row["ua_pooled"] * 100 == pytest.approx(row["folds"][0]["test_ua"])  # one fold: pooled = fold
     main(args)
     assert [r["tag"] for r in json.loads(out.read_text())] == ["one fold", "one fold"]
