@@ -20,7 +20,8 @@ plan                         definition (specs/datasets.md)
 ``group_kfold``              k folds of whole groups (speakers by default): the groups are shuffled with
                              the seed and dealt round-robin (per gender when ``balance="gender"``, so each
                              fold holds as many female as male speakers where the corpus allows); val =
-                             the first ``val_groups`` groups of the next fold (rotating), so validation
+                             the first ``val_groups`` groups of the next fold (rotating; each fold's groups
+                             alternate genders, so 2 validation speakers are 1 F + 1 M), so validation
                              speakers are never test speakers of the same fold and never train speakers
 ``random_80_20_seeds``       5 independent stratified 80/20 splits with the paper's seeds (111111, 123456,
                              0, 999999, 987654); val = ``val_fraction`` (0.1) of the 80 %, same seed.
@@ -48,6 +49,7 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -293,15 +295,18 @@ def _group_kfold(m, seed, *, group: str = "speaker", n_splits: int = 6, val_grou
             strata.setdefault(str(g_of[g]), []).append(g)
     elif balance is not None:
         raise FoldError(f"group_kfold: balance={balance!r} must be 'gender' or null")
-    fold_groups: list[list[str]] = [[] for _ in range(n_splits)]
+    dealt: list[dict[str, list[str]]] = [{} for _ in range(n_splits)]
     k = 0
     # deal each stratum in turn, continuing the rotation, so fold sizes differ by at most one group
     for key in sorted(strata):
         members = list(strata[key])
         rng.shuffle(members)
         for g in members:
-            fold_groups[k % n_splits].append(g)
+            dealt[k % n_splits].setdefault(key, []).append(g)
             k += 1
+    # each fold's groups interleaved across strata (the first stratum rotating with the fold), so its first
+    # val_groups groups, the previous fold's validation, are as balanced as its test groups (not all female)
+    fold_groups = [_interleave([d[key] for key in sorted(d)], f) for f, d in enumerate(dealt)]
     min_size = min(len(f) for f in fold_groups)
     if not 1 <= val_groups <= min_size:
         raise FoldError(f"group_kfold: val_groups={val_groups} must be in 1..{min_size} (groups per fold)")
@@ -312,6 +317,18 @@ def _group_kfold(m, seed, *, group: str = "speaker", n_splits: int = 6, val_grou
         val = idx[np.isin(col, fold_groups[(f + 1) % n_splits][:val_groups])]
         folds.append(_assign(len(m), test, val))
     return folds, {"group": group, "fold_test_groups": fold_groups}
+
+
+def _interleave(lists: list[list[str]], start: int) -> list[str]:
+    """Round-robin over ``lists``, beginning with list ``start % len(lists)``.
+
+    >>> _interleave([["f1", "f2"], ["m1", "m2"]], 1)
+    ['m1', 'f1', 'm2', 'f2']
+    """
+    if not lists:
+        return []
+    order = lists[start % len(lists):] + lists[:start % len(lists)]
+    return [g for row in zip_longest(*order) for g in row if g is not None]
 
 
 @register_plan(

@@ -127,6 +127,12 @@ def test_group_kfold_is_speaker_independent_and_gender_balanced(seed, n_splits, 
     shuffled = make_folds("group_kfold", m.sample(frac=1.0, random_state=perm), seed=seed, n_splits=n_splits,
                           val_groups=1)
     pd.testing.assert_frame_equal(f, shuffled)
+    # two validation speakers: one of each gender (before, each fold's list held its females first: val all F)
+    two = make_folds("group_kfold", m, seed=seed, n_splits=n_splits, val_groups=2)
+    for _, g in two.groupby("fold"):
+        val = sorted(set(spk[g.loc[g["split"] == "val", "utt_id"]]))
+        assert sorted(gender[val]) == ["F", "M"], val
+    pd.testing.assert_frame_equal(two[two["split"] == "test"], f[f["split"] == "test"])  # same test folds
 
 
 def test_group_kfold_bad_options():
