@@ -305,6 +305,7 @@ def summarise(model: str, run: dict[str, Any], baseline_ua: float | None, kind: 
         "model": model,
         "kind": kind or ("baseline" if model in BASELINES else "paper model"),
         "fold_plan": m["fold_plan"],
+        "plan_hash": m.get("plan_hash"),  # which assignment of utterances to splits (a fixed plan changes it)
         "n_folds": m["n_folds"],
         **{k: {"pooled": m[k]["pooled"] / 100, "mean": m[k]["mean"] / 100, "std": m[k]["std"] / 100}
            for k in ("ua", "wa", "macro_f1")},

@@ -121,6 +121,7 @@ def test_accuracy_benchmark_reads_a_finished_run_from_the_two_files(tmp_path):
     assert row["fold_plan"] == "loso" and row["best_epochs"] == [1] and row["train_s"] == 3.5
     assert row["ua_minus_classical"] == pytest.approx(full["ua"]["pooled"] / 100 - 0.5)
     assert row["val_ua_mean"] == pytest.approx(0.55)  # the validation actors' UA, to choose settings by
+    assert row["plan_hash"] == full["plan_hash"] and row["plan_hash"]  # which plan the row ran on
 
 
 def test_accuracy_benchmark_merge_keeps_a_reproduced_baseline_once_and_refuses_a_different_one(tmp_path):
