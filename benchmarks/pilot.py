@@ -8,8 +8,8 @@ Prints each fold's test UA, selected epoch and validation UA, then the mean vali
 touches a test fold; on RAVDESS's 2-actor validation splits it did not rank settings, see the README; with a
 validation pick it is biased up, so rows also carry ``val_ua_last_mean``, the final epoch's, to compare a
 picked setting with an unpicked one like with like) and the pooled test UA/WA; appends a row (model, tag,
-overrides, pooled and per-fold metrics, wall time, machine) to ``--out``. A pilot chooses settings; the benchmark (``make bench-accuracy``, through the pipeline's stages)
-gives the results quoted as results.
+overrides, pooled and per-fold metrics, wall time, machine) to ``--out``. A pilot chooses settings; the
+benchmark (``make bench-accuracy``, through the pipeline's stages) gives the results quoted as results.
 
 ``--seeds 0 1 2`` trains the whole plan once per seed (``train.seed``): one row per seed, then a
 ``seed_ensemble`` row with the seeds' pooled UAs, their mean ± std and the UA of the averaged class

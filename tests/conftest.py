@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,10 @@ for _k, _v in {
     os.environ[_k] = _v
 if not os.environ["PREFECT_API_URL"]:
     del os.environ["PREFECT_API_URL"]
+
+# real speech for the tests that read a handful of its files: ../shared/corpora/ravdess beside the checkout, or
+# EMOFLOW_RAVDESS; those tests skip, naming this path, where it is absent
+RAVDESS = Path(os.environ.get("EMOFLOW_RAVDESS", Path(__file__).resolve().parents[2] / "shared/corpora/ravdess"))
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ from features.whisper import (  # noqa: E402
     whisper_backend,
     word_error_rate,
 )
+from tests.conftest import RAVDESS  # noqa: E402
 
 pytest.importorskip("faster_whisper", reason="faster-whisper not installed (pip install -e .)")
 
@@ -39,7 +40,6 @@ torch.set_num_threads(1)
 SR = 16000
 #: One thread: robust timing on a shared 2-core CPU (see WhisperFeatureConfig.cpu_threads); one cached model.
 CPU = {"device": "cpu", "cpu_threads": 1}
-RAVDESS = Path(os.environ.get("EMOFLOW_RAVDESS", Path(__file__).resolve().parents[3] / "shared/corpora/ravdess"))
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ handful of real RAVDESS files (read in place from ../shared/corpora/ravdess, nev
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,9 +14,9 @@ from pipeline.corpus.corpora import build_manifest
 from pipeline.corpus.folds import FoldError, make_folds
 from pipeline.corpus.manifest import ManifestError
 from pipeline.extraction.extract import audio_root_of
+from tests.conftest import RAVDESS
 
 ROOT = Path(__file__).resolve().parents[2]
-RAVDESS = Path(os.environ.get("EMOFLOW_RAVDESS", Path(__file__).resolve().parents[3] / "shared/corpora/ravdess"))
 CLASSES = ["ang", "hap", "neu", "sad"]
 
 

@@ -109,16 +109,14 @@ def test_one_hour_profile_trains_one_model_per_fold_for_every_ensemble_but_the_k
 def test_the_ravdess_file_as_a_template_builds_another_corpus_manifest_and_folds(tmp_path):
     """benchmarks/template_check.py: the README's edits to params.ravdess.yaml for another corpus (own label names,
     no gender column) give a valid params file whose manifest and speaker-independent folds build."""
-    import os
-
     from benchmarks.template_check import write_corpus, write_params
     from pipeline.corpus.corpora import build_manifest
     from pipeline.corpus.folds import make_folds
+    from tests.conftest import RAVDESS
 
-    ravdess = Path(os.environ.get("EMOFLOW_RAVDESS", ROOT.parent / "shared" / "corpora" / "ravdess"))
-    if not (ravdess / "manifest.csv").is_file():
-        pytest.skip(f"RAVDESS not found at {ravdess} (set EMOFLOW_RAVDESS to the folder holding manifest.csv)")
-    csv_path = write_corpus(ravdess, 4, tmp_path / "corpus")
+    if not (RAVDESS / "manifest.csv").is_file():
+        pytest.skip(f"RAVDESS not found at {RAVDESS} (set EMOFLOW_RAVDESS to the folder holding manifest.csv)")
+    csv_path = write_corpus(RAVDESS, 4, tmp_path / "corpus")
     p = load_params(write_params(ROOT / "params.ravdess.yaml", csv_path))
     assert p["dataset"]["root"] == str(csv_path.parent) and p["folds"]["options"]["group_kfold"]["balance"] is None
     ds = p["dataset"]

