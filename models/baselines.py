@@ -14,6 +14,7 @@ Neither is from a paper: ``paper`` rows are empty and reports list them as basel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,10 +84,10 @@ class ClassicalLR(PaperModel):
         return x
 
     def fit_arrays(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                   select_on: str = "ua") -> dict:
+                   select_on: str = "ua", c_grid: Sequence[float] | None = None) -> dict:
         """Fit scaler + logistic regression for every C of ``c_grid`` on ``(x, y)``, keep the one with the best
         validation ``select_on`` (``ua`` or ``wa``), load it into this module; returns the selection record."""
-        w, b, mean, scale, record = fit_logistic(x, y, x_val, y_val, self.num_classes, self.config, select_on)
+        w, b, mean, scale, record = fit_logistic(x, y, x_val, y_val, self.num_classes, self.config, select_on, c_grid)
         with torch.no_grad():
             self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
             self.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
@@ -96,10 +97,10 @@ class ClassicalLR(PaperModel):
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int, config,
-                 select_on: str = "ua"):
-    """StandardScaler + multinomial logistic regression (scikit-learn, L-BFGS) for each C of ``config.c_grid``;
-    the C with the best validation score wins. Returns ``(W (C, D), b (C,), mean (D,), scale (D,), record)``;
-    classes absent from the training split get a bias of -1e4 (never predicted)."""
+                 select_on: str = "ua", c_grid: Sequence[float] | None = None):
+    """StandardScaler + multinomial logistic regression (scikit-learn, L-BFGS) for each C of ``c_grid`` (default
+    ``config.c_grid``); the C with the best validation score wins. Returns ``(W (C, D), b (C,), mean (D,),
+    scale (D,), record)``; classes absent from the training split get a bias of -1e4 (never predicted)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
     from sklearn.preprocessing import StandardScaler
@@ -110,7 +111,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndar
     scaler = StandardScaler().fit(x)
     xs, xv = scaler.transform(x), scaler.transform(x_val)
     best, history = None, []
-    for c in config.c_grid:
+    for c in config.c_grid if c_grid is None else c_grid:
         clf = LogisticRegression(C=float(c), max_iter=int(config.max_iter), class_weight=config.class_weight)
         clf.fit(xs, y)
         if score_fn is None:  # val_loss: higher is better throughout, so the negated cross-entropy
@@ -219,11 +220,11 @@ class Probe(PaperModel):
         return self.pool(x, x_mask)
 
     def fit_arrays(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                   select_on: str = "ua") -> dict:
+                   select_on: str = "ua", c_grid: Sequence[float] | None = None) -> dict:
         """``fit: sklearn``: logistic regression on pooled statistics; the scaler is folded into the linear head."""
         if not isinstance(self.head, nn.Linear):
             raise ValueError("probe: fit: sklearn needs head: linear")
-        w, b, mean, scale, record = fit_logistic(x, y, x_val, y_val, self.num_classes, self.config, select_on)
+        w, b, mean, scale, record = fit_logistic(x, y, x_val, y_val, self.num_classes, self.config, select_on, c_grid)
         with torch.no_grad():
             self.head.weight.copy_(torch.as_tensor(w / scale, dtype=torch.float32))
             self.head.bias.copy_(torch.as_tensor(b - (w / scale) @ mean, dtype=torch.float32))

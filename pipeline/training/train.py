@@ -145,6 +145,11 @@ REGULARISER_DEFAULTS: dict[str, Any] = {
     # knowledge distillation: None | {feature, pooling, weight, temperature, groups} — soft targets from a
     # cross-fitted linear probe on a frozen encoder's stored states (pipeline/training/distill.py)
     "distill": None,
+    # the validation speakers join the training split (True; None/False: held out). Only where nothing is picked
+    # on validation: a gradient loop with select_on: last and no early stopping; a closed-form fit (fit: sklearn)
+    # picks its C on the held-out validation split first, then refits on train + validation with it (sklearn's
+    # refit). Validation is still scored, but on training speakers: its figures say nothing about generalisation
+    "train_on_val": None,
 }
 #: keys that only say *where/how fast* to run, not *what* is computed: left out of cache keys
 RUNTIME_KEYS = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory")
@@ -197,6 +202,7 @@ def resolve_train_config(model_train: Mapping[str, Any], *overrides: Mapping[str
         raise TrainError(f"loss {cfg['loss']!r} is not supported (cross_entropy only)")
     _check_mixup(cfg)
     _check_swa(cfg)
+    _check_train_on_val(cfg)
     _check_label_smoothing(cfg)
     _check_seed_ensemble(cfg)
     _check_distill(cfg)
@@ -288,6 +294,17 @@ def _check_swa(cfg: Mapping[str, Any]) -> None:
     if cfg["select_on"] != "last" or cfg["fit"] != "gradient":
         raise TrainError("swa_start averages the weights of the last epochs instead of picking one epoch on "
                          "validation: set select_on: last (with fit: gradient)")
+
+
+def _check_train_on_val(cfg: Mapping[str, Any]) -> None:
+    value = cfg.get("train_on_val")
+    if value is None:
+        return
+    if not isinstance(value, bool):
+        raise TrainError(f"train_on_val must be true or false, got {value!r}")
+    if value and cfg["fit"] == "gradient" and (cfg["select_on"] != "last" or cfg.get("patience")):
+        raise TrainError("train_on_val trains on the validation speakers, so nothing may be picked on them: set "
+                         "select_on: last and patience: null (a fixed schedule), or train_on_val: false")
 
 
 def task_of(cfg: Mapping[str, Any]) -> str:
@@ -456,6 +473,8 @@ def prepare_fold(
                 f"{model_name} fold {fold}: no `{subset}` utterances in the {'/'.join(empty)} split(s) "
                 f"(train setting subset: {subset}); use a corpus with a `subset` column or set subset: all"
             )
+    if train_cfg.get("train_on_val"):  # validation stays scored; its speakers are training speakers too
+        splits["train"] = sorted(splits["train"] + splits["val"])
     # after the subset filter: labels (and targets) must stay aligned with the utterances kept
     label_of = {s: label_ids(manifest, ids, labels) for s, ids in splits.items()}
     segmenting = None
@@ -1027,13 +1046,28 @@ def fit_closed_form(model, ds: dict[str, FeatureDataset], data: FoldData, cfg: M
     t0 = time.perf_counter()
     x, y = _fit_arrays(model, ds["train"], data, cfg, device)
     xv, yv = _fit_arrays(model, ds["val"], data, cfg, device)
+    select_on = cfg["select_on"].removeprefix("val_")
     try:
-        record = model.fit_arrays(x, y, xv, yv, select_on=cfg["select_on"].removeprefix("val_"))
+        if cfg.get("train_on_val"):  # C picked on the held-out validation split, then refitted on train + val
+            held_out = _held_out_mask(ds["train"], ds["val"], len(y), where)
+            record = model.fit_arrays(x[held_out], y[held_out], xv, yv, select_on=select_on)
+            model.fit_arrays(x, y, xv, yv, select_on=select_on, c_grid=(record["C"],))
+            record["refit_on"] = "train+val"
+        else:
+            record = model.fit_arrays(x, y, xv, yv, select_on=select_on)
     except ValueError as e:
         raise TrainError(f"{where}: {e}") from None
     hist = [{"epoch": 1, "selected": float(g["C"] == record["C"]), **g} for g in record["grid"]]
     return LoopState(epoch=1, step=1, best_score=0.0, best_epoch=1, history=hist, train_samples=len(y),
                      train_time=time.perf_counter() - t0)
+
+
+def _held_out_mask(train: FeatureDataset, val: FeatureDataset, n: int, where: str) -> np.ndarray:
+    """``train_on_val``: which of the (merged) training split's ``n`` items are not validation items."""
+    if len(train.utt_ids) != n:
+        raise TrainError(f"{where}: train_on_val with a closed-form fit needs one item per utterance "
+                         f"({n} items for {len(train.utt_ids)} utterances); set train_on_val: false")
+    return ~np.isin(np.asarray(train.utt_ids), np.asarray(val.utt_ids))
 
 
 def _train_fold_locked(model_name, fold, cfg, manifest, folds, features_dir, model_params, checkpoint_dir, labels,
@@ -1069,10 +1103,12 @@ def teacher_targets(data: FoldData, manifest: pd.DataFrame, folds: pd.DataFrame,
                     where: str, log) -> np.ndarray:
     """``train.distill``: the cross-fitted probe's tempered probabilities for the fold's training utterances."""
     from models import create_model, get_model_info
+    from models.baselines import fit_logistic
 
     d = cfg["distill"]
     teacher_cfg = resolve_train_config(get_model_info("probe").train, {"device": cfg["device"]})
-    teacher_cfg.update(normalize=None, subset=cfg.get("subset"), fixed_frames=None, max_len=None, segment_s=None)
+    teacher_cfg.update(normalize=None, subset=cfg.get("subset"), fixed_frames=None, max_len=None, segment_s=None,
+                       train_on_val=cfg.get("train_on_val"))
     tdata = prepare_fold("probe", data.fold, manifest=manifest, folds=folds, features_dir=features_dir,
                          model_params={"feature": d["feature"], "pooling": d["pooling"], "head": "linear"},
                          train_cfg=teacher_cfg, labels=data.labels)
@@ -1084,8 +1120,13 @@ def teacher_targets(data: FoldData, manifest: pd.DataFrame, folds: pd.DataFrame,
     xv, yv = _fit_arrays(teacher, ds["val"], tdata, teacher_cfg, device)
     speaker = _speakers(manifest, {"train": data.splits["train"]})
     groups = speaker_groups([speaker[u] for u in data.splits["train"]], int(d["groups"]))
+    fit_config = teacher.config
     try:
-        probs, chosen = crossfit_probabilities(x, y, groups, xv, yv, len(data.labels), teacher.config)
+        if cfg.get("train_on_val"):  # one C, picked on the held-out validation split as the probe's refit does
+            held_out = _held_out_mask(ds["train"], ds["val"], len(y), where)
+            c = fit_logistic(x[held_out], y[held_out], xv, yv, len(data.labels), fit_config, "ua")[4]["C"]
+            fit_config = dataclasses.replace(fit_config, c_grid=(c,))
+        probs, chosen = crossfit_probabilities(x, y, groups, xv, yv, len(data.labels), fit_config)
     except ValueError as e:
         raise TrainError(f"{where}: distill teacher: {e}") from None
     from sklearn.metrics import balanced_accuracy_score
@@ -1324,6 +1365,8 @@ def _final_result(members: list[Member], data: FoldData, cfg, device, amp, t_sta
     extras = {"dropped_test": ds["test"].dropped, "dropped_train": len(ds["train"].dropped)}
     if data.normalizer is not None:
         extras["normalize"] = data.normalizer.mode
+    if cfg.get("train_on_val"):  # the `val` figures are on training speakers
+        extras["val_in_train"] = True
     if hasattr(model, "layer_weights"):
         extras["layer_weights"] = [float(v) for v in model.layer_weights().detach().cpu()]
     if data.targets is not None:  # utterances without a value for some dimension: masked, counted here
