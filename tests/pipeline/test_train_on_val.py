@@ -10,7 +10,13 @@ import torch
 from models import tiny_config
 from models.baselines import ProbeConfig, fit_logistic
 from pipeline.training.distill import crossfit_probabilities, soften, speaker_groups
-from pipeline.training.train import TrainError, prepare_fold, resolve_train_config, teacher_targets, train_fold
+from pipeline.training.train import (
+    TrainError,
+    prepare_fold,
+    resolve_train_config,
+    teacher_targets,
+    train_fold,
+)
 
 FAST = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1, "select_on": "last"}
 FEATURES = {"logmel40": (40, 0.01), "whisper": (16, 0.02)}
