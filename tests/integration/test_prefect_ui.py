@@ -28,12 +28,22 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
 
-def _api(url: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(url + path, method="POST" if body is not None else "GET",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - our own local server
-        return json.loads(r.read())
+def _api(url: str, path: str, body: dict | None = None, retries: int = 5):
+    """One Prefect REST call. HTTP 503 is retried with backoff, as Prefect's own client does: the server sends
+    it for errors it calls retryable (e.g. SQLite busy while ``emoflow serve`` registers deployments)."""
+    import time
+
+    for attempt in range(retries + 1):
+        req = urllib.request.Request(url + path, method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - our own local server
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == retries:
+                raise
+            time.sleep(min(2.0**attempt, 10.0))
 
 
 def _fmt(v: float) -> str:
