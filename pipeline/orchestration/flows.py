@@ -743,6 +743,8 @@ def comparability(spec: RunSpec, corpus: str) -> tuple[list[str], dict[str, str]
     if train_cfg.get("distill"):
         reasons.append(f"distill: trained against a linear probe on {train_cfg['distill']['feature']} "
                        "(a pretrained encoder) as well as the labels; the paper trained on labels only")
+    if train_cfg.get("train_on_val"):
+        reasons.append("train_on_val: trained on the validation speakers too, the paper held them out")
     if ensemble_size(train_cfg) > 1:
         reasons.append(f"seed_ensemble: {train_cfg['seed_ensemble']} models averaged per fold, the paper trained one")
     paper_noise, run_noise = info.train.get("noise_snr_db"), train_cfg.get("noise_snr_db")

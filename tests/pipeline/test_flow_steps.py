@@ -58,7 +58,8 @@ def test_comparability_and_run_record(synthetic_cv):
     for change, flag in (({"mixup": 0.2}, "mixup"), ({"swa_start": 2, "select_on": "last"}, "swa_start"),
                          ({"label_smoothing": 0.1}, "label_smoothing"), ({"seed_ensemble": 3}, "seed_ensemble"),
                          ({"noise_snr_db": "none"}, "input noise"), ({"noise_prob": 0.5}, "input noise"),
-                         ({"distill": {"feature": "whisper"}}, "distill")):
+                         ({"distill": {"feature": "whisper"}}, "distill"),
+                         ({"train_on_val": True, "select_on": "last"}, "train_on_val")):
         assert not any(r.startswith(flag) for r in reasons)
         changed, _ = flows.comparability(dataclasses.replace(spec, train_cfg={**spec.train_cfg, **change}), "iemocap")
         assert any(r.startswith(flag) for r in changed), (change, changed)
