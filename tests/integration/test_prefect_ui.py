@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,8 +32,6 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 def _api(url: str, path: str, body: dict | None = None, retries: int = 5):
     """One Prefect REST call. HTTP 503 is retried with backoff, as Prefect's own client does: the server sends
     it for errors it calls retryable (e.g. SQLite busy while ``emoflow serve`` registers deployments)."""
-    import time
-
     for attempt in range(retries + 1):
         req = urllib.request.Request(url + path, method="POST" if body is not None else "GET",
                                      data=json.dumps(body).encode() if body is not None else None,
@@ -176,7 +175,6 @@ def test_serve_runs_extract_deployment_started_from_the_api(it, dvc_project, pre
     import signal
     import subprocess
     import sys
-    import time
 
     box = it.copy_project(dvc_project, tmp_path / "gpu-box")
     h5 = box / f"data/features/{it.FEATURE}.h5"

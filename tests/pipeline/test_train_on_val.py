@@ -22,6 +22,14 @@ FAST = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threa
 FEATURES = {"logmel40": (40, 0.01), "whisper": (16, 0.02)}
 
 
+def _pooled(features_dir, ids) -> np.ndarray:
+    """Mean and std over frames of each stored Whisper array: the probe's input, computed here independently."""
+    from features.store import FeatureReader
+
+    r = FeatureReader(features_dir / "whisper.h5")
+    return np.stack([np.concatenate([r[u].mean(axis=0), r[u].std(axis=0)]) for u in ids])
+
+
 def test_train_on_val_is_refused_where_validation_picks_something():
     assert "train_on_val" not in resolve_train_config({})  # unset: configs and cache keys as before
     assert resolve_train_config({}, {"train_on_val": True, "select_on": "last"})["train_on_val"] is True
@@ -76,10 +84,7 @@ def test_closed_form_picks_c_on_held_out_validation_then_refits_on_train_plus_va
     data = prepare_fold("probe", 0, manifest=cv["manifest"], folds=cv["folds"], features_dir=cv["features_dir"],
                         model_params={"feature": "whisper", "head": "linear"},
                         train_cfg=resolve_train_config({}, {"train_on_val": True, "fit": "sklearn"}))
-    from features.store import FeatureReader
-
-    r = FeatureReader(cv["features_dir"] / "whisper.h5")
-    pool = lambda ids: np.stack([np.concatenate([r[u].mean(axis=0), r[u].std(axis=0)]) for u in ids])  # noqa: E731
+    pool = lambda ids: _pooled(cv["features_dir"], ids)  # noqa: E731
     w, b, mean, scale, _ = fit_logistic(pool(data.splits["train"]), np.array(data.label_of["train"]),
                                         pool(data.splits["val"]), np.array(data.label_of["val"]), len(data.labels),
                                         ProbeConfig(), c_grid=picked(plain))
@@ -92,8 +97,6 @@ def test_closed_form_picks_c_on_held_out_validation_then_refits_on_train_plus_va
 
 
 def test_the_distill_teacher_crossfits_over_train_plus_val_with_one_c_picked_on_held_out_validation(synthetic_cv):
-    from features.store import FeatureReader
-
     cv = synthetic_cv(features=FEATURES)
     cfg = resolve_train_config({}, {**FAST, "train_on_val": True, "distill": {"feature": "whisper", "groups": 2}})
     data = prepare_fold("ilt", 0, manifest=cv["manifest"], folds=cv["folds"], features_dir=cv["features_dir"],
@@ -101,14 +104,12 @@ def test_the_distill_teacher_crossfits_over_train_plus_val_with_one_c_picked_on_
     soft = teacher_targets(data, cv["manifest"], cv["folds"], cv["features_dir"], cfg, torch.device("cpu"), "t",
                            lambda s: None)
     assert soft.shape == (len(data.splits["train"]), len(data.labels))
-    r = FeatureReader(cv["features_dir"] / "whisper.h5")
-    pool = lambda ids: np.stack([np.concatenate([r[u].mean(axis=0), r[u].std(axis=0)]) for u in ids])  # noqa: E731
+    pool = lambda ids: _pooled(cv["features_dir"], ids)  # noqa: E731
     val = set(data.splits["val"])
-    train_only = [u for u in data.splits["train"] if u not in val]
     y = np.array(data.label_of["train"])
     yv = np.array(data.label_of["val"])
     mask = np.array([u not in val for u in data.splits["train"]])
-    c = fit_logistic(pool(train_only), y[mask], pool(data.splits["val"]), yv, len(data.labels), ProbeConfig())[4]["C"]
+    c = fit_logistic(pool(np.array(data.splits["train"])[mask]), y[mask], pool(data.splits["val"]), yv, len(data.labels), ProbeConfig())[4]["C"]
     spk = cv["manifest"].set_index("utt_id")["speaker"]
     groups = speaker_groups([spk[u] for u in data.splits["train"]], 2)
     probs, chosen = crossfit_probabilities(pool(data.splits["train"]), y, groups, pool(data.splits["val"]), yv,
