@@ -17,6 +17,9 @@ probabilities. ``--predictions DIR`` keeps every fold's test predictions (``<mod
 rewritten after each fold); a rerun with the same DIR skips the folds already there, so a stopped pilot resumes.
 ``--against FILE`` (predictions of another pilot, e.g. ``classical``'s) adds to each row the paired bootstrap of
 the UA difference and McNemar's test against them (``pipeline.orchestration.compare``, as the benchmark).
+``--ensemble-with FILE ...`` adds other runs' test predictions of the same plan (a stage's
+``results/<model>/predictions.parquet``, another pilot's ``--predictions`` file) to the ``seed_ensemble`` row, e.g. the
+benchmark's seed 0 beside a pilot's seeds 1 and 2; the row names them and their pooled UAs.
 """
 
 from __future__ import annotations
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="train.seed of each run (default: one run with the params' seed); 2+ add a seed_ensemble row")
     ap.add_argument("--predictions", default=None, help="folder for each run's test predictions (resumable)")
     ap.add_argument("--against", default=None, help="predictions (parquet) to compare every row with")
+    ap.add_argument("--ensemble-with", nargs="*", default=[], metavar="FILE",
+                    help="other runs' test predictions (parquet, same plan) to average into the seed_ensemble row")
     add_workspace_args(ap)
     args = ap.parse_args(argv)
 
@@ -133,12 +138,13 @@ def main(argv: list[str] | None = None) -> dict:
     pred_dir = Path(args.predictions) if args.predictions else None
     if pred_dir is not None:
         pred_dir.mkdir(parents=True, exist_ok=True)
+    extra = _read_predictions(args.ensemble_with)
     rows, tables = [], []
     for seed in args.seeds if args.seeds else [None]:
         run_overrides = overrides if seed is None else {**overrides, "train": {**overrides.get("train", {}), "seed": seed}}
         rows.append(_pilot_row(args, run_overrides, seed, pred_dir, tables))
-    if len(tables) > 1:
-        rows.append(_ensemble_row(args, overrides, rows, tables))
+    if len(tables) + len(extra) > 1:
+        rows.append(_ensemble_row(args, overrides, rows, tables, extra))
     return rows[-1]
 
 
@@ -163,14 +169,34 @@ def _pilot_row(args, overrides: dict, seed: int | None, pred_dir: Path | None, t
     return emit_row(row, ("model", "tag", "seed", "val_ua_mean", "ua_pooled", "wa_pooled", "wall_s"), args.out)
 
 
-def _ensemble_row(args, overrides: dict, rows: list[dict], tables: list) -> dict:
+def _read_predictions(files: list[str]) -> dict[str, pd.DataFrame]:
+    """``--ensemble-with`` files → ``{file name: predictions}``; a missing file or one without class
+    probabilities is an error that names it (checked before any training starts)."""
+    import pandas as pd
+
+    out = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise SystemExit(f"--ensemble-with: {path} does not exist (a predictions parquet of the same plan)")
+        table = pd.read_parquet(path)
+        if not any(c.startswith("prob_") for c in table.columns) or not {"utt_id", "label", "fold"} <= set(table):
+            raise SystemExit(f"--ensemble-with: {path} has no utt_id/fold/label/prob_<class> columns; "
+                             "give test predictions with class probabilities")
+        out[path.name] = table
+    return out
+
+
+def _ensemble_row(args, overrides: dict, rows: list[dict], tables: list, extra: dict | None = None) -> dict:
     import numpy as np
     from sklearn.metrics import accuracy_score
 
-    ens = seed_ensemble(tables)
-    uas = [r["ua_pooled"] for r in rows]
+    extra = extra or {}
+    ens = seed_ensemble(tables + list(extra.values()))
+    uas = [r["ua_pooled"] for r in rows] + [_ua(t) / 100 for t in extra.values()]
     row = {"model": args.model, "tag": args.tag, "kind": "seed_ensemble", "overrides": overrides,
            "seeds": [r["seed"] for r in rows], "seed_ua_pooled": uas,
+           "ensemble_with": [{"predictions": name, "ua_pooled": _ua(t) / 100} for name, t in extra.items()],
            "seed_ua_mean": float(np.mean(uas)), "seed_ua_std": float(np.std(uas, ddof=1)),
            "ua_pooled": _ua(ens) / 100, "wa_pooled": accuracy_score(ens["label"], ens["pred"]),
            "folds": [{"fold": int(f), "test_ua": _ua(part)} for f, part in ens.groupby("fold")],

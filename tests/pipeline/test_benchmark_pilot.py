@@ -84,6 +84,16 @@ def test_pilot_seeds_give_an_ensemble_row_and_resume_from_saved_predictions(tmp_
     assert rows[3]["against"]["ua_diff"]["point"] == 0 and rows[3]["against"]["n"] == len(tables[0])
     assert again["against"]["ua_diff"]["point"] == pytest.approx(ens["ua_pooled"] - rows[0]["ua_pooled"])
 
+    # --ensemble-with: seed 1 (read back) averaged with seed 0's saved predictions is the same two-seed ensemble
+    seed1 = ["ilt", "--tag", "s", "--folds", "0", "--workdir", str(work), "--out", str(out),
+             "--seeds", "1", "--predictions", str(preds)]
+    joined = main([*seed1, "--ensemble-with", str(preds / "ilt-s-seed0.parquet")])
+    assert joined["kind"] == "seed_ensemble" and joined["ua_pooled"] == pytest.approx(ens["ua_pooled"])
+    assert joined["ensemble_with"] == [{"predictions": "ilt-s-seed0.parquet", "ua_pooled": rows[0]["ua_pooled"]}]
+    assert joined["seed_ua_pooled"] == [rows[1]["ua_pooled"], rows[0]["ua_pooled"]]
+    with pytest.raises(SystemExit, match="nothere.parquet does not exist"):
+        main([*seed1, "--ensemble-with", str(tmp_path / "nothere.parquet")])
+
 
 def test_seed_ensemble_refuses_runs_of_other_utterances():
     from benchmarks.pilot import seed_ensemble
