@@ -56,15 +56,23 @@ def load_workspace(workdir: str | Path, model: str, overrides: dict, plan: str |
     import pandas as pd
     import yaml
 
+    from models import get_model_info
+    from pipeline.orchestration.flows import apply_label_map
+    from pipeline.training.distill import uses_unlabeled
+    from pipeline.training.train import resolve_train_config
+
     work = Path(workdir)
     params = yaml.safe_load((work / "params.yaml").read_text())
     mp, tp = fold_settings(params, model, overrides)
+    section = params["models"].get(model) or {}
     if plan is None:  # as the flow resolves it: the model's section, else the paper's plan
-        from models import get_model_info
-
-        plan = (params["models"].get(model) or {}).get("fold_plan") or get_model_info(model).fold_plan
-    return Workspace(plan, pd.read_parquet(work / "data" / "manifest.parquet"),
-                     pd.read_parquet(work / "data" / "folds" / f"{plan}.parquet"), work / "data" / "features", mp, tp)
+        plan = section.get("fold_plan") or get_model_info(model).fold_plan
+    # the model's own label map, as the flow applies it (with distill.unlabeled: the rest kept unlabeled)
+    manifest, folds = apply_label_map(
+        pd.read_parquet(work / "data" / "manifest.parquet"),
+        pd.read_parquet(work / "data" / "folds" / f"{plan}.parquet"), section.get("label_map"),
+        unlabeled=uses_unlabeled(resolve_train_config(get_model_info(model).train, tp)))
+    return Workspace(plan, manifest, folds, work / "data" / "features", mp, tp)
 
 
 def add_workspace_args(ap: argparse.ArgumentParser) -> None:

@@ -176,11 +176,13 @@ def load_inputs(manifest_path: str | Path, folds_path: str | Path) -> tuple[pd.D
     return manifest, read_folds(folds_path)
 
 
-def apply_label_map(manifest: pd.DataFrame, folds: pd.DataFrame,
-                    label_map: Mapping[str, str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def apply_label_map(manifest: pd.DataFrame, folds: pd.DataFrame, label_map: Mapping[str, str] | None,
+                    unlabeled: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A model's own label map (``models.<name>.label_map``): ``corpus_label`` (the corpus' label before the
     dataset's map, e.g. IEMOCAP's ``exc``) → the model's class; utterances whose corpus label is not in the map
     leave every split of the plan (speaker independence is kept: rows are only removed). No map: unchanged.
+    ``unlabeled`` (``train.distill.unlabeled``): those utterances stay in the *training* split of each fold,
+    without a label (teacher-only items), and leave its validation and test splits.
 
     >>> m = pd.DataFrame({"utt_id": ["a", "b", "c"], "label": ["hap", "hap", "neu"],
     ...                   "corpus_label": ["exc", "hap", "neu"]})
@@ -188,8 +190,15 @@ def apply_label_map(manifest: pd.DataFrame, folds: pd.DataFrame,
     >>> m2, f2 = apply_label_map(m, f, {"exc": "hap", "neu": "neu"})
     >>> list(m2["label"]), list(f2["utt_id"])
     (['hap', 'neu'], ['a', 'c'])
+    >>> m3, f3 = apply_label_map(m, f, {"hap": "hap", "neu": "neu"}, unlabeled=True)  # "exc" kept unlabeled
+    >>> list(m3["label"]), list(f3["split"])
+    (['', 'hap', 'neu'], ['train', 'val', 'test'])
     """
     if not label_map:
+        if unlabeled:
+            raise FlowError("train.distill.unlabeled keeps the training utterances outside the model's label map "
+                            "as unlabeled items: set models.<name>.label_map (e.g. the 4 classes of an 8-class "
+                            "corpus)")
         return manifest, folds
     if not isinstance(label_map, Mapping):
         raise FlowError(f"label_map must map corpus labels to classes, got {label_map!r}")
@@ -199,8 +208,17 @@ def apply_label_map(manifest: pd.DataFrame, folds: pd.DataFrame,
     if not keep.any():
         raise FlowError(f"label_map {dict(label_map)} matches no utterance (corpus labels: "
                         f"{sorted(set(source))}); fix models.<name>.label_map")
+    mapped = source.map({str(k): str(v) for k, v in label_map.items()})
+    if unlabeled:  # outside the map: training items only, with no label
+        from pipeline.training.data import UNLABELED_LABEL
+
+        out = manifest.copy()
+        out["label"] = mapped.fillna(UNLABELED_LABEL)
+        outside = set(out.loc[~keep, "utt_id"].astype(str))
+        drop = folds["utt_id"].astype(str).isin(outside) & (folds["split"] != "train")
+        return out.reset_index(drop=True), folds[~drop].reset_index(drop=True)
     out = manifest.loc[keep].copy()
-    out["label"] = source[keep].map({str(k): str(v) for k, v in label_map.items()})
+    out["label"] = mapped[keep]
     kept = set(out["utt_id"].astype(str))
     return out.reset_index(drop=True), folds[folds["utt_id"].astype(str).isin(kept)].reset_index(drop=True)
 
@@ -208,7 +226,8 @@ def apply_label_map(manifest: pd.DataFrame, folds: pd.DataFrame,
 def label_mapping(manifest: pd.DataFrame) -> dict[str, str]:
     """``{corpus_label: label}`` as the run sees it (what comparability with a paper's label map checks)."""
     source = manifest["corpus_label"] if "corpus_label" in manifest.columns else manifest["label"]
-    return dict(sorted(set(zip(source.astype(str), manifest["label"].astype(str), strict=True))))
+    pairs = zip(source.astype(str), manifest["label"].astype(str), strict=True)
+    return dict(sorted({(s, lab) for s, lab in pairs if lab}))  # "": an unlabeled item (distill.unlabeled)
 
 
 def feature_provenance(features_dir: str | Path, features: list[str]) -> dict[str, dict[str, Any]]:
@@ -308,12 +327,13 @@ def train_fold_task(
     labels: list[str],
     checkpoint_root: str | None,
     label_map: dict[str, str] | None = None,
+    unlabeled: bool = False,
 ) -> dict[str, Any]:
     """Train one fold (pipeline.training.train.train_fold) and return its :class:`FoldResult` as a plain dict."""
     from pipeline.training.train import train_fold
 
     logger = get_run_logger()
-    manifest, folds = apply_label_map(*load_inputs(manifest_path, folds_path), label_map)
+    manifest, folds = apply_label_map(*load_inputs(manifest_path, folds_path), label_map, unlabeled)
     ckpt = Path(checkpoint_root) / model / cache_key if checkpoint_root else None
     result = train_fold(
         model,
@@ -608,6 +628,7 @@ def resolve_run(model: str, plan: str | None, *, manifest_path: str | Path, fold
     config, folds to run and the model config with the store's dimensions; reads the manifest, plan and store."""
     from models import get_model_info
     from pipeline.training.data import class_labels, open_readers, resolve_dims
+    from pipeline.training.distill import uses_unlabeled
     from pipeline.training.train import extra_features, resolve_train_config
 
     info = get_model_info(model)
@@ -617,8 +638,9 @@ def resolve_run(model: str, plan: str | None, *, manifest_path: str | Path, fold
     plan = plan or section_plan or info.fold_plan
     label_map = label_map or section_map
     folds_path = Path(folds_dir) / f"{plan}.parquet"
-    manifest, plan_df = apply_label_map(*load_inputs(manifest_path, folds_path), label_map)
     train_cfg = resolve_train_config(info.train, train_params)
+    manifest, plan_df = apply_label_map(*load_inputs(manifest_path, folds_path), label_map,
+                                        unlabeled=uses_unlabeled(train_cfg))
     all_folds = sorted(int(f) for f in plan_df["fold"].unique())
     chosen = all_folds if folds is None else [f for f in all_folds if f in set(folds)]
     if not chosen:
@@ -667,6 +689,8 @@ def run_folds(spec: RunSpec, keys: dict[int, str], *, manifest_path: str | Path,
               max_workers: int | None, dask_address: str | None, refresh_cache: bool, logger=None) -> FoldRuns:
     """One ``train_fold`` task per fold on the chosen task runner; results persist under ``<storage_dir>/results``
     (the resume cache), checkpoints under ``<storage_dir>/checkpoints/<model>/<key>``."""
+    from pipeline.training.distill import uses_unlabeled
+
     storage = Path(storage_dir)
     # a Path is a local result store (no block document needed, works with and without a server)
     result_storage = (storage / "results").resolve()
@@ -687,7 +711,8 @@ def run_folds(spec: RunSpec, keys: dict[int, str], *, manifest_path: str | Path,
                           folds_path=str(spec.folds_path.resolve()), features_dir=str(Path(features_dir).resolve()),
                           model_params=spec.resolved_params, train_params=dict(train_params or {}),
                           labels=spec.labels, checkpoint_root=checkpoint_root,
-                          label_map=dict(spec.label_map) if spec.label_map else None)
+                          label_map=dict(spec.label_map) if spec.label_map else None,
+                          unlabeled=uses_unlabeled(spec.train_cfg))
             futures.append(runner.submit(t, parameters=params))
         cached = []
         for f, fut in zip(spec.folds, futures, strict=True):

@@ -644,19 +644,27 @@ def split_of_fold(folds: pd.DataFrame, fold: int) -> dict[str, list[str]]:
     return out
 
 
+#: the label of an utterance kept without one (``distill.unlabeled``: a teacher-only training item), and its
+#: class id: PyTorch's ``ignore_index``
+UNLABELED_LABEL = ""
+UNLABELED = -100
+
+
 def class_labels(manifest: pd.DataFrame, utt_ids: Iterable[str] | None = None) -> list[str]:
-    """Sorted class names (of ``utt_ids`` when given): the model's output order."""
+    """Sorted class names (of ``utt_ids`` when given; unlabeled utterances have none): the model's output order."""
     df = manifest if utt_ids is None else manifest[manifest["utt_id"].isin(set(utt_ids))]
-    return sorted(df["label"].astype(str).unique().tolist())
+    return sorted(set(df["label"].astype(str)) - {UNLABELED_LABEL})
 
 
 def label_ids(manifest: pd.DataFrame, utt_ids: Sequence[str], labels: Sequence[str]) -> list[int]:
+    """Class id of each utterance in ``labels`` order; :data:`UNLABELED` for one kept without a label."""
     lab = manifest.set_index("utt_id")["label"].astype(str)
     missing = [u for u in utt_ids if u not in lab.index]
     if missing:
         raise DataError(f"{len(missing)} fold-plan utterance(s) are not in the manifest (e.g. {missing[:3]}); "
                         "rebuild the fold plan from the current manifest")
     index = {c: i for i, c in enumerate(labels)}
+    index[UNLABELED_LABEL] = UNLABELED
     return [index[lab[u]] for u in utt_ids]
 
 
@@ -669,6 +677,8 @@ __all__ = [
     "Normalizer",
     "Segmenting",
     "StoreError",
+    "UNLABELED",
+    "UNLABELED_LABEL",
     "add_power_noise_db",
     "class_labels",
     "collate",

@@ -11,6 +11,13 @@ the other groups (cross-fitting), with its regularisation chosen on the fold's v
 is. A teacher scoring its own training items would return near one-hot targets that carry nothing beyond the
 labels. Loss: ``(1 − weight) · task loss + weight · T² · KL(teacher_T ‖ student_T)`` (Hinton et al. 2015).
 
+``unlabeled: true`` widens the transfer set (Hinton et al. train the student on a transfer set, not only the
+labelled data): the fold's *training* speakers' utterances whose corpus label is outside the model's
+``label_map`` (RAVDESS's calm/fearful/disgust/surprised beside a 4-class task) join the training split with no
+label. They get the teacher's soft targets (from a teacher fitted on the other speaker groups' labelled
+utterances) and no task loss; validation and test keep only labelled utterances of the model's classes, and no
+utterance of a validation or test speaker is ever added.
+
 Pure functions (arrays in, arrays out); :mod:`pipeline.training.train` reads the teacher's features.
 """
 
@@ -23,9 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.training.data import UNLABELED
+
 #: keys of ``train.distill`` with their defaults (``feature`` has none: it names a stored encoder feature)
 DISTILL_DEFAULTS: dict[str, Any] = {"feature": None, "pooling": "meanstd", "weight": 0.5, "temperature": 2.0,
                                     "groups": 4}
+#: optional keys, held by the resolved setting only when given (so the cache keys of runs without them stay)
+DISTILL_OPTIONAL: dict[str, Any] = {"unlabeled": False}
 
 
 def distill_settings(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -36,15 +47,16 @@ def distill_settings(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
     >>> distill_settings({"feature": "whisper", "wieght": 1})
     Traceback (most recent call last):
     ...
-    ValueError: distill: unknown key(s) ['wieght']; known: feature, groups, pooling, temperature, weight
+    ValueError: distill: unknown key(s) ['wieght']; known: feature, groups, pooling, temperature, unlabeled, weight
     """
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise ValueError(f"distill must be null (off) or a mapping like {{feature: whisper}}, got {value!r}")
-    unknown = sorted(set(value) - set(DISTILL_DEFAULTS))
+    unknown = sorted(set(value) - set(DISTILL_DEFAULTS) - set(DISTILL_OPTIONAL))
     if unknown:
-        raise ValueError(f"distill: unknown key(s) {unknown}; known: {', '.join(sorted(DISTILL_DEFAULTS))}")
+        known = sorted({*DISTILL_DEFAULTS, *DISTILL_OPTIONAL})
+        raise ValueError(f"distill: unknown key(s) {unknown}; known: {', '.join(known)}")
     out = {**DISTILL_DEFAULTS, **value}
     if not isinstance(out["feature"], str) or not out["feature"]:
         raise ValueError("distill.feature must name a stored encoder feature (e.g. whisper), the teacher's input")
@@ -56,7 +68,15 @@ def distill_settings(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
         raise ValueError(f"distill.temperature must be > 0, got {out['temperature']!r}")
     if isinstance(out["groups"], bool) or not isinstance(out["groups"], int) or out["groups"] < 2:
         raise ValueError(f"distill.groups must be a whole number ≥ 2 (speaker groups), got {out['groups']!r}")
+    if not isinstance(out.get("unlabeled", False), bool):
+        raise ValueError(f"distill.unlabeled must be true or false, got {out['unlabeled']!r}")
     return out
+
+
+def uses_unlabeled(train_cfg: Mapping[str, Any]) -> bool:
+    """Whether a resolved train config adds unlabeled training utterances (``distill.unlabeled``)."""
+    d = train_cfg.get("distill")
+    return isinstance(d, Mapping) and bool(d.get("unlabeled"))
 
 
 def speaker_groups(speakers: Sequence[str], n_groups: int) -> np.ndarray:
@@ -72,7 +92,8 @@ def speaker_groups(speakers: Sequence[str], n_groups: int) -> np.ndarray:
 def crossfit_probabilities(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                            num_classes: int, fit_config: Any) -> tuple[np.ndarray, list[float]]:
     """Out-of-group teacher probabilities ``(N, num_classes)`` for training items ``x`` ``(N, D)``: rows of group
-    g come from a logistic regression fitted on the other groups (C chosen on ``(x_val, y_val)``).
+    g come from a logistic regression fitted on the other groups' labelled items (``y`` of an unlabeled item is
+    :data:`UNLABELED`; it is scored, never fitted on), C chosen on ``(x_val, y_val)``.
     Returns the probabilities and the C chosen for each group."""
     from models.baselines import fit_logistic
 
@@ -80,7 +101,8 @@ def crossfit_probabilities(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_v
     chosen = []
     for g in np.unique(groups):
         held = groups == g
-        w, b, mean, scale, record = fit_logistic(x[~held], y[~held], x_val, y_val, num_classes, fit_config, "ua")
+        fit = ~held & (y != UNLABELED)
+        w, b, mean, scale, record = fit_logistic(x[fit], y[fit], x_val, y_val, num_classes, fit_config, "ua")
         logits = ((x[held] - mean) / scale) @ w.T + b
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)

@@ -52,6 +52,7 @@ from features.errors import EmoflowError, disk_full_error, is_disk_full
 from pipeline.corpus.dimensional import target_array, target_columns
 from pipeline.training.data import (
     NORMALIZE_MODES,
+    UNLABELED,
     Collate,
     DataError,
     FeatureDataset,
@@ -74,6 +75,7 @@ from pipeline.training.distill import (
     distill_settings,
     soften,
     speaker_groups,
+    uses_unlabeled,
 )
 from pipeline.training.metrics import compute_metrics, dimensional_metrics
 
@@ -281,7 +283,13 @@ def member_checkpoint_dirs(ckpt: Path, n: int) -> list[Path]:
 
 def class_loss(logits: torch.Tensor, y: torch.Tensor, cfg: Mapping[str, Any],
                weight: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy of ``logits`` (B, C) against ``y`` (B,), class-weighted and label-smoothed per ``cfg``."""
+    """Cross-entropy of ``logits`` (B, C) against ``y`` (B,), class-weighted and label-smoothed per ``cfg``;
+    over the labelled items only (``y`` = UNLABELED: a teacher-only item), 0 for a batch without one."""
+    labelled = y != UNLABELED
+    if not bool(labelled.all()):
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0  # keeps the graph: the batch's distillation term still trains
+        logits, y = logits[labelled], y[labelled]
     return F.cross_entropy(logits, y, weight=weight, label_smoothing=float(cfg.get("label_smoothing") or 0.0))
 
 
@@ -477,6 +485,7 @@ def prepare_fold(
         splits["train"] = sorted(splits["train"] + splits["val"])
     # after the subset filter: labels (and targets) must stay aligned with the utterances kept
     label_of = {s: label_ids(manifest, ids, labels) for s, ids in splits.items()}
+    _check_unlabeled(model_name, fold, label_of, train_cfg)
     segmenting = None
     if train_cfg.get("segment_s"):
         seq = [v for v in specs.values() if v.kind == "sequence"]
@@ -503,6 +512,19 @@ def prepare_fold(
         target_names=target_names,
         targets=targets,
     )
+
+
+def _check_unlabeled(model_name: str, fold: int, label_of: Mapping[str, list[int]], train_cfg: Mapping[str, Any]) -> None:
+    """Unlabeled utterances (``distill.unlabeled``) are training items only, and only with that setting on."""
+    where = {s: sum(1 for y in ys if y == UNLABELED) for s, ys in label_of.items()}
+    if where.get("val") or where.get("test"):
+        raise DataError(f"{model_name} fold {fold}: unlabeled utterances in the validation/test split(s) {where}; "
+                        "only training utterances may be kept without a label (distill.unlabeled)")
+    if where.get("train") and not uses_unlabeled(train_cfg):
+        raise DataError(f"{model_name} fold {fold}: {where['train']} training utterance(s) have no label; "
+                        "every utterance needs one unless train.distill.unlabeled is set")
+    if where.get("train") and all(y == UNLABELED for y in label_of["train"]):
+        raise DataError(f"{model_name} fold {fold}: no labelled training utterance")
 
 
 def _speakers(manifest: pd.DataFrame, splits: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -843,7 +865,8 @@ def loss_weights(cfg: Mapping[str, Any], train_labels: list[int], n_classes: int
     """``class_weights: balanced`` → ``n / (C · count_c)`` from the training split (sklearn's rule), else None."""
     if cfg.get("class_weights") != "balanced":
         return None
-    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    y = np.asarray(train_labels, dtype=np.int64)
+    counts = np.bincount(y[y != UNLABELED], minlength=n_classes).astype(np.float64)  # labelled items only
     w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(w, dtype=torch.float32, device=device)
 
@@ -1108,7 +1131,7 @@ def teacher_targets(data: FoldData, manifest: pd.DataFrame, folds: pd.DataFrame,
     d = cfg["distill"]
     teacher_cfg = resolve_train_config(get_model_info("probe").train, {"device": cfg["device"]})
     teacher_cfg.update(normalize=None, subset=cfg.get("subset"), fixed_frames=None, max_len=None, segment_s=None,
-                       train_on_val=cfg.get("train_on_val"))
+                       train_on_val=cfg.get("train_on_val"), distill=d)  # d: the teacher's split takes d's unlabeled
     tdata = prepare_fold("probe", data.fold, manifest=manifest, folds=folds, features_dir=features_dir,
                          model_params={"feature": d["feature"], "pooling": d["pooling"], "head": "linear"},
                          train_cfg=teacher_cfg, labels=data.labels)
@@ -1123,7 +1146,7 @@ def teacher_targets(data: FoldData, manifest: pd.DataFrame, folds: pd.DataFrame,
     fit_config = teacher.config
     try:
         if cfg.get("train_on_val"):  # one C, picked on the held-out validation split as the probe's refit does
-            held_out = _held_out_mask(ds["train"], ds["val"], len(y), where)
+            held_out = _held_out_mask(ds["train"], ds["val"], len(y), where) & (y != UNLABELED)
             c = fit_logistic(x[held_out], y[held_out], xv, yv, len(data.labels), fit_config, "ua")[4]["C"]
             fit_config = dataclasses.replace(fit_config, c_grid=(c,))
         probs, chosen = crossfit_probabilities(x, y, groups, xv, yv, len(data.labels), fit_config)
@@ -1131,8 +1154,11 @@ def teacher_targets(data: FoldData, manifest: pd.DataFrame, folds: pd.DataFrame,
         raise TrainError(f"{where}: distill teacher: {e}") from None
     from sklearn.metrics import balanced_accuracy_score
 
+    labelled = y != UNLABELED
+    extra = f"; {int((~labelled).sum())} unlabeled training utterances scored" if not labelled.all() else ""
     log(f"{where}: distill teacher (probe on {d['feature']}, {len(np.unique(groups))} speaker groups, C {chosen}): "
-        f"cross-fitted training UA {100 * balanced_accuracy_score(y, probs.argmax(axis=1)):.1f}")
+        f"cross-fitted training UA {100 * balanced_accuracy_score(y[labelled], probs[labelled].argmax(axis=1)):.1f}"
+        f"{extra}")
     return soften(probs, float(d["temperature"]))
 
 
@@ -1367,6 +1393,9 @@ def _final_result(members: list[Member], data: FoldData, cfg, device, amp, t_sta
         extras["normalize"] = data.normalizer.mode
     if cfg.get("train_on_val"):  # the `val` figures are on training speakers
         extras["val_in_train"] = True
+    n_unlabeled = sum(1 for y in data.label_of["train"] if y == UNLABELED)
+    if n_unlabeled:  # distill.unlabeled: teacher-only training items
+        extras["unlabeled_in_train"] = n_unlabeled
     if hasattr(model, "layer_weights"):
         extras["layer_weights"] = [float(v) for v in model.layer_weights().detach().cpu()]
     if data.targets is not None:  # utterances without a value for some dimension: masked, counted here
