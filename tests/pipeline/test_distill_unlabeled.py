@@ -21,9 +21,11 @@ from pipeline.training.train import (
     teacher_targets,
     train_fold,
 )
+from tests.pipeline.test_distill import (  # the distillation tests' fast loop and stored features
+    FAST,
+    FEATURES,
+)
 
-FAST = {"epochs": 2, "batch_size": 8, "fixed_frames": 64, "lr": 3e-3, "num_threads": 1}
-FEATURES = {"logmel40": (40, 0.01), "whisper": (16, 0.02)}
 FOUR = {"ang": "ang", "hap": "hap", "neu": "neu", "sad": "sad"}  # the corpus has a fifth class, cal
 UNLAB = {"feature": "whisper", "groups": 2, "unlabeled": True}
 
