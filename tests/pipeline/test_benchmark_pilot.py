@@ -101,3 +101,25 @@ def test_seed_ensemble_refuses_runs_of_other_utterances():
     a = pd.DataFrame({"utt_id": ["u"], "fold": [0], "label": ["x"], "prob_x": [1.0]})
     with pytest.raises(ValueError, match="differ in their utterances"):
         seed_ensemble([a, a.assign(utt_id=["v"])])
+
+
+def test_pilot_table_keeps_each_models_last_ensemble_row_of_the_tag(tmp_path):
+    """benchmarks/pilot_table.py prints the README's pilot tables from the committed rows, nothing recomputed."""
+    from benchmarks.pilot_table import main
+
+    def ens(model, tag, ua, resolved):
+        diff = {"point": ua - 0.6, "lo": ua - 0.65, "hi": ua - 0.55, "resolved": resolved}
+        return {"model": model, "tag": tag, "kind": "seed_ensemble", "seed_ua_pooled": [ua - 0.01, ua - 0.02],
+                "seed_ua_mean": ua - 0.015, "ua_pooled": ua, "wa_pooled": ua, "against": {"ua_diff": diff,
+                                                                                         "mcnemar_p": 0.04}}
+
+    rows = [ens("rlc", "t4", 0.61, False), {"model": "rlc", "tag": "t4", "seed": 0, "ua_pooled": 0.1},
+            ens("ilt", "t2", 0.99, True), ens("ilt", "t4", 0.70, True), ens("rlc", "t4", 0.64, False)]
+    f = tmp_path / "pilots.json"
+    f.write_text(json.dumps(rows))
+    lines = main(["--tag", "t4", "--file", str(f), "--models", "ilt", "cat", "rlc"]).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| `ilt` | 2 | 0.690 / 0.680 |") and "**0.700**" in lines[2]
+    assert "0.990" not in lines[2] and "+0.100 [+0.050, +0.150] | yes" in lines[2]
+    assert "**0.640**" in lines[3] and "| **no** |" in lines[3] and "0.610" not in lines[3]  # the last rlc row
+    with pytest.raises(SystemExit, match="no seed_ensemble rows tagged 'none'"):
+        main(["--tag", "none", "--file", str(f)])
