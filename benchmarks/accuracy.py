@@ -369,11 +369,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="with --merge --replace: drop MAIN's rows of this kind for the replaced models (a variant "
                          "the new settings adopted); recorded under runs[].retired_rows")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
+    ap.add_argument("--history", nargs="+", metavar="JSON",
+                    help="print one table of several results files' pooled UA (a column each) and exit")
     ap.add_argument("--significance", metavar="JSON", help="add UA intervals and paired verdicts vs classical "
                     "(from --workdir's predictions) to a results file and exit")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
+        return {}
+    if args.history:
+        print(history_table([(Path(f).name, json.loads(Path(f).read_text())) for f in args.history]))
         return {}
     if args.merge:
         return merge_results(Path(args.merge[0]), Path(args.merge[1]), args.replace, args.retire)
@@ -570,6 +575,31 @@ def markdown_table(result: dict[str, Any]) -> str:
                  f"{result.get('sum_of_model_train_s', result['total_wall_s']) / 60:.0f} min.")
     sig = significance_table(result)
     return "\n".join(lines) + ("\n\n" + sig if sig else "")
+
+
+def history_table(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """Several runs side by side: one line per (model, kind) in the order first met, one column per results file
+    (its name, CPU and whole-process minutes in the header) with the pooled UA, Δ to that run's classical row in
+    brackets; — where the run has no such row."""
+    def cpu(m: dict[str, Any]) -> str:
+        return "AMD EPYC" if "AMD" in m["cpu"] else "Intel Xeon" if "Intel" in m["cpu"] else m["cpu"]
+
+    keys: list[tuple[str, str]] = []
+    cells: list[dict[tuple[str, str], str]] = []
+    for _, result in results:
+        col = {}
+        for r in result["rows"]:
+            key = (r["model"], r["kind"])
+            keys += [key] if key not in keys else []
+            delta = r.get("ua_minus_classical")
+            col[key] = f"{r['ua']['pooled']:.3f}" + ("" if delta is None or r["model"] == "classical" else
+                                                      f" ({delta:+.3f})")
+        cells.append(col)
+    head = [f"`{name}` ({cpu(res['machine'])}, {res['total_wall_s'] / 60:.0f} min)" for name, res in results]
+    lines = ["| model | kind | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(results)]
+    for key in keys:
+        lines.append(f"| `{key[0]}` | {key[1]} | " + " | ".join(c.get(key, "—") for c in cells) + " |")
+    return "\n".join(lines)
 
 
 # --- significance (pipeline/orchestration/compare.py): intervals and verdicts vs the classical row ------------------------

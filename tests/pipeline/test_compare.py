@@ -279,3 +279,20 @@ def test_cli_compare_git_revisions_and_a_dvc_experiment(tmp_path, monkeypatch):
     assert "dvc exp show" in r.output and "dvc pull" in r.output
     r = CliRunner().invoke(app, ["compare", "other@HEAD", "ilt"])
     assert r.exit_code == 2 and "results/other/predictions.parquet at revision 'HEAD'" in r.output
+
+
+def test_history_table_puts_runs_side_by_side_and_marks_missing_rows():
+    """benchmarks.accuracy --history: the README's summary of earlier runs, read from their JSON only."""
+    from benchmarks.accuracy import history_table
+
+    def run(cpu, wall_s, *rows):
+        return {"machine": {"cpu": cpu}, "total_wall_s": wall_s,
+                "rows": [{"model": m, "kind": k, "ua": {"pooled": ua}, "ua_minus_classical": d} for m, k, ua, d in rows]}
+
+    new = run("Intel(R) Xeon(R) Processor", 3600, ("classical", "baseline", 0.6, 0.0), ("ilt", "paper model", 0.7, 0.1))
+    old = run("AMD EPYC 7B13", 1800, ("classical", "baseline", 0.5, 0.0), ("rlc", "paper model", 0.45, -0.05))
+    lines = history_table([("new.json", new), ("old.json", old)]).splitlines()
+    assert "`new.json` (Intel Xeon, 60 min)" in lines[0] and "`old.json` (AMD EPYC, 30 min)" in lines[0]
+    assert lines[2] == "| `classical` | baseline | 0.600 | 0.500 |"
+    assert lines[3] == "| `ilt` | paper model | 0.700 (+0.100) | — |"
+    assert lines[4] == "| `rlc` | paper model | — | 0.450 (-0.050) |"
