@@ -4,7 +4,7 @@ their pooled UAs, the ensemble's pooled UA and its paired comparison (``--agains
     python -m benchmarks.pilot_table --tag distill_t4_tov [--models ilt cat ...] [--file benchmarks/results/pilots_ravdess.json]
 
 The README's tables of pilot results are printed by this, from the committed JSON; nothing is recomputed.
-A tag with several ensemble rows for one model (a pilot read back twice) keeps the last.
+A tag with several ensemble rows for one model (a pilot read back twice) keeps the last; so do several tags.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ensemble_rows(rows: list[dict], tag: str, models: list[str] | None = None) -> list[dict]:
-    """The last ``seed_ensemble`` row of each model under ``tag``, in ``models``' order (default: the order the
-    models first appear); a model in ``models`` without a row is left out."""
+def ensemble_rows(rows: list[dict], tags: list[str], models: list[str] | None = None) -> list[dict]:
+    """The last ``seed_ensemble`` row of each model under any of ``tags``, in ``models``' order (default: the
+    order the models first appear); a model in ``models`` without a row is left out."""
     last: dict[str, dict] = {}
     for row in rows:
-        if row.get("tag") == tag and row.get("kind") == "seed_ensemble":
+        if row.get("tag") in tags and row.get("kind") == "seed_ensemble":
             last[row["model"]] = row
     if not last:
-        raise SystemExit(f"no seed_ensemble rows tagged {tag!r}: run benchmarks.pilot with --seeds and this --tag")
+        raise SystemExit(f"no seed_ensemble rows tagged {' or '.join(map(repr, tags))}: run benchmarks.pilot "
+                         "with --seeds and this --tag")
     return [last[m] for m in (models or last) if m in last]
 
 
@@ -53,7 +54,7 @@ def markdown(rows: list[dict], against_name: str = "baseline") -> str:
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tag", required=True)
+    ap.add_argument("--tag", required=True, nargs="+", help="one or more tags (a model's last row among them)")
     ap.add_argument("--file", type=Path, default=ROOT / "benchmarks" / "results" / "pilots_ravdess.json")
     ap.add_argument("--against-name", default="classical", help="what the rows' --against predictions were")
     ap.add_argument("--models", nargs="*", default=None, help="rows in this order (default: as in the file)")
