@@ -584,13 +584,13 @@ def history_table(results: list[tuple[str, dict[str, Any]]]) -> str:
     def cpu(m: dict[str, Any]) -> str:
         return "AMD EPYC" if "AMD" in m["cpu"] else "Intel Xeon" if "Intel" in m["cpu"] else m["cpu"]
 
-    keys: list[tuple[str, str]] = []
+    keys: dict[tuple[str, str], None] = {}  # insertion-ordered set
     cells: list[dict[tuple[str, str], str]] = []
     for _, result in results:
         col = {}
         for r in result["rows"]:
             key = (r["model"], r["kind"])
-            keys += [key] if key not in keys else []
+            keys.setdefault(key)
             delta = r.get("ua_minus_classical")
             col[key] = f"{r['ua']['pooled']:.3f}" + ("" if delta is None or r["model"] == "classical" else
                                                       f" ({delta:+.3f})")
@@ -664,6 +664,14 @@ def add_significance(path: Path, workdir: Path) -> dict[str, Any]:
     return result
 
 
+def verdict_cells(v: tuple[float, float, float, bool, float] | None) -> list[str]:
+    """``(Δ UA, lo, hi, resolved, McNemar p)`` → the three table cells "Δ [lo, hi]", yes/**no**, p; — without one."""
+    if v is None:
+        return ["—"] * 3
+    diff, lo, hi, resolved, p = v
+    return [f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]", "yes" if resolved else "**no**", f"{p:.2g}"]
+
+
 def significance_table(result: dict[str, Any]) -> str:
     """The README's second table: UA intervals and the verdict against the baseline ("" without a block)."""
     sig = result.get("significance")
@@ -674,11 +682,9 @@ def significance_table(result: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     for r in sig["rows"]:
         v = r.get(f"vs_{b}")
-        diff = "—" if v is None else f"{v['ua_diff']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
-        verdict = "—" if v is None else ("yes" if v["resolved"] else "**no**")
-        p = "—" if v is None else f"{v['mcnemar_p']:.2g}"
+        cells = verdict_cells(None if v is None else (v["ua_diff"], *v["ci"], v["resolved"], v["mcnemar_p"]))
         lines.append(f"| `{r['model']}` | {r['kind']} | {r['ua']:.3f} [{r['ua_ci'][0]:.3f}, {r['ua_ci'][1]:.3f}] "
-                     f"| {diff} | {verdict} | {p} |")
+                     f"| {' | '.join(cells)} |")
     if not sig["rows"]:
         return "\n".join(lines)
     lines += ["", f"{sig['n_boot']} bootstrap resamples of the {sig['rows'][0]['n']} pooled test utterances "

@@ -30,23 +30,21 @@ def ensemble_rows(rows: list[dict], tags: list[str], models: list[str] | None = 
 
 
 def _delta(row: dict) -> list[str]:
-    against = row.get("against")
-    if not against:
-        return ["—", "—", "—"]
-    d = against["ua_diff"]
-    return [f"{d['point']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]", "yes" if d["resolved"] else "**no**",
-            f"{against['mcnemar_p']:.2g}"]
+    from benchmarks.accuracy import verdict_cells
+
+    a = row.get("against")
+    d = a and a["ua_diff"]
+    return verdict_cells(a and (d["point"], d["lo"], d["hi"], d["resolved"], a["mcnemar_p"]) or None)
 
 
-def markdown(rows: list[dict], against_name: str = "baseline") -> str:
+def markdown(rows: list[dict], against_name: str = "classical") -> str:
     """One line per ensemble row: model, seeds, each seed's pooled UA (the ``--ensemble-with`` files' last),
     their mean, the ensemble's pooled UA and WA, and the paired comparison."""
     head = ["model", "seeds", "UA pooled per seed", "seed mean", "ensemble UA pooled", "ensemble WA pooled",
             f"Δ UA vs {against_name} [95 % CI]", "resolved", "McNemar p (accuracy)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        n = len(r["seed_ua_pooled"])
-        cells = [f"`{r['model']}`", str(n), " / ".join(f"{u:.3f}" for u in r["seed_ua_pooled"]),
+        cells = [f"`{r['model']}`", str(len(r["seed_ua_pooled"])), " / ".join(f"{u:.3f}" for u in r["seed_ua_pooled"]),
                  f"{r['seed_ua_mean']:.3f}", f"**{r['ua_pooled']:.3f}**", f"{r['wa_pooled']:.3f}", *_delta(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
