@@ -123,3 +123,28 @@ def test_pilot_table_keeps_each_models_last_ensemble_row_of_the_tag(tmp_path):
     assert "**0.640**" in lines[3] and "| **no** |" in lines[3] and "0.610" not in lines[3]  # the last rlc row
     with pytest.raises(SystemExit, match="no seed_ensemble rows tagged 'none'"):
         main(["--tag", "none", "--file", str(f)])
+
+
+def test_pilot_table_by_tag_puts_two_arms_side_by_side_with_their_validation_means(tmp_path):
+    """--by-tag: one row per (tag, model) in --tag's order, with the mean over the ensemble's seeds of each seed
+    row's validation UA — the figure a declared rule compares; "—" when a seed has none (read back)."""
+    from benchmarks.pilot_table import main
+
+    def seed(tag, s, val):
+        return {"model": "hf", "tag": tag, "seed": s, "ua_pooled": 0.5, "val_ua_mean": val}
+
+    def ens(tag, ua, seeds):
+        diff = {"point": ua - 0.6, "lo": ua - 0.65, "hi": ua - 0.55, "resolved": False}
+        return {"model": "hf", "tag": tag, "kind": "seed_ensemble", "seeds": seeds, "seed_ua_pooled": [0.5] * 2,
+                "seed_ua_mean": 0.5, "ua_pooled": ua, "wa_pooled": ua, "against": {"ua_diff": diff, "mcnemar_p": 0.5}}
+
+    rows = [seed("a", 6, 0.70), seed("a", 7, 0.60), seed("a", 7, 0.80), ens("a", 0.64, [6, 7]),
+            seed("b", 6, 0.90), ens("b", 0.66, [6])]
+    f = tmp_path / "pilots.json"
+    f.write_text(json.dumps(rows))
+    lines = main(["--by-tag", "--tag", "b", "a", "--file", str(f)]).splitlines()
+    assert len(lines) == 4 and "mean validation UA of the seeds" in lines[0]
+    assert lines[2].startswith("| `hf` | `b` | — | 2 |") and "**0.660**" in lines[2]
+    assert lines[3].startswith("| `hf` | `a` | 75.00 | 2 |") and "**0.640**" in lines[3]  # seed 7's last row
+    # without --by-tag the two tags collapse to the model's last row, as before
+    assert len(main(["--tag", "a", "b", "--file", str(f)]).splitlines()) == 3
