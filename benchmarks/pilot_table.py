@@ -42,17 +42,20 @@ def seed_val_mean(rows: list[dict], ensemble: dict) -> float | None:
     per_seed = {r.get("seed"): r.get("val_ua_mean") for r in rows
                 if r.get("tag") == ensemble["tag"] and r.get("model") == ensemble["model"] and r.get("kind") is None}
     vals = [per_seed.get(s) for s in ensemble.get("seeds") or []]
-    if len(vals) != len(ensemble.get("seed_ua_pooled") or []):  # a run read back with --ensemble-with: no figure
+    # a run read back with --ensemble-with has a pooled UA but no seed row: no figure
+    if not vals or None in vals or len(vals) != len(ensemble.get("seed_ua_pooled") or []):
         return None
-    return sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
+    return sum(vals) / len(vals)
 
 
 def _delta(row: dict) -> list[str]:
     from benchmarks.accuracy import verdict_cells
 
     a = row.get("against")
-    d = a and a["ua_diff"]
-    return verdict_cells(a and (d["point"], d["lo"], d["hi"], d["resolved"], a["mcnemar_p"]) or None)
+    if not a:
+        return verdict_cells(None)
+    d = a["ua_diff"]
+    return verdict_cells((d["point"], d["lo"], d["hi"], d["resolved"], a["mcnemar_p"]))
 
 
 def markdown(rows: list[dict], against_name: str = "classical", val_means: list[float | None] | None = None) -> str:
@@ -64,11 +67,10 @@ def markdown(rows: list[dict], against_name: str = "classical", val_means: list[
     if val_means is not None:
         head[1:1] = ["tag", "mean validation UA of the seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for k, r in enumerate(rows):
+    for r, v in zip(rows, val_means or [None] * len(rows), strict=True):
         cells = [f"`{r['model']}`", str(len(r["seed_ua_pooled"])), " / ".join(f"{u:.3f}" for u in r["seed_ua_pooled"]),
                  f"{r['seed_ua_mean']:.3f}", f"**{r['ua_pooled']:.3f}**", f"{r['wa_pooled']:.3f}", *_delta(r)]
         if val_means is not None:
-            v = val_means[k]
             cells[1:1] = [f"`{r['tag']}`", "—" if v is None else f"{100 * v:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
