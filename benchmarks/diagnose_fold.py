@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 #: keys of the params' train section that say how to run, not what to compute (the flow reads them)
-FLOW_KEYS = ("models", "task_runner", "max_workers", "dask_address", "device")
+FLOW_KEYS = ("models", "baselines", "task_runner", "max_workers", "dask_address", "device")
 
 
 def fold_settings(params: dict, model: str, overrides: dict) -> tuple[dict, dict]:

@@ -133,9 +133,13 @@ def stage_train(model: str = typer.Option(..., "--model"), manifest: Path = type
                 folds_dir: Path = typer.Option(..., "--folds-dir"),
                 features_dir: Path = typer.Option(..., "--features-dir"), out: Path = typer.Option(..., "--out"),
                 device: str | None = typer.Option(None, help="auto|cpu|cuda (default: params train.device)"),
+                plan: str | None = typer.Option(None, "--plan", help="fold plan (default: models.<model>.fold_plan, "
+                                                "else the paper's)"),
+                name: str | None = typer.Option(None, "--name", help="run name: results go to <out>/<name>/ "
+                                                "(default: the model)"),
                 params: Path = PARAMS):
-    """Cross-validate one model on its paper's fold plan (runs the Prefect flow)."""
-    kw = {"device": device} if device else {}
+    """Cross-validate one model on its fold plan (runs the Prefect flow)."""
+    kw = {k: v for k, v in (("device", device), ("plan", plan), ("name", name)) if v}
     _run(stages.train, params, model, manifest, folds_dir, features_dir, out, **kw)
 
 

@@ -14,6 +14,10 @@ class ParamsError(ConfigError):
     """``params.yaml`` is missing, malformed, or a value has the wrong type."""
 
 
+#: ``train`` keys of params.yaml that list DVC stages (``train.models``, ``train.baselines``), not training settings
+STAGE_LISTS = ("models", "baselines")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

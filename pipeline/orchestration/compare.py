@@ -265,6 +265,13 @@ def load_run(path: str | Path) -> tuple[str, str, pd.DataFrame]:
     if not preds.is_file():
         raise FileNotFoundError(f"{preds}: no predictions (a results/<model>/ or runs/<model>/<run>/ directory "
                                 "written by `emoflow stage train` has one)")
+    metrics = provenance(d)
+    key = str(metrics.get("plan_hash") or metrics.get("fold_plan") or "unknown plan")
+    return str(metrics.get("run_name") or metrics.get("model") or d.name), key, pd.read_parquet(preds)
+
+
+def provenance(d: Path) -> dict[str, Any]:
+    """``run.json`` and ``metrics.json`` of a run directory, merged (either may be absent)."""
     metrics: dict[str, Any] = {}
     for name in ("run.json", "metrics.json"):  # provenance sits in run.json, in metrics.json in older runs
         if (d / name).is_file():
@@ -272,22 +279,38 @@ def load_run(path: str | Path) -> tuple[str, str, pd.DataFrame]:
                 metrics = {**metrics, **json.loads((d / name).read_text())}
             except json.JSONDecodeError as e:
                 raise CompareError(f"{d / name}: unreadable ({e})") from None
-    key = str(metrics.get("plan_hash") or metrics.get("fold_plan") or "unknown plan")
-    return str(metrics.get("model") or d.name), key, pd.read_parquet(preds)
+    return metrics
 
 
 def significance_markdown(results_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> str:
     """The report section for every ``<results_dir>/<model>/predictions.parquet`` ("" when fewer than two)."""
-    runs = {}
+    runs, model_of, twins = {}, {}, []
     for p in sorted(Path(results_dir).glob("*/predictions.parquet")):
         name, key, df = load_run(p.parent)
         if "pred" not in df.columns:  # a task: regression run has no class predictions to compare
+            continue
+        model_of[name] = provenance(p.parent).get("model") or name
+        # a baseline on a plan whose folds equal its own plan's (the demo's loso and session_3_1_1) is listed once
+        twin = next((n for n, (k, d) in runs.items()
+                     if k == key and model_of[n] == model_of[name] and same_predictions(d, df)), None)
+        if twin is not None:
+            twins.append(f"{name}: the same model, test folds and predictions as {twin}, so it is paired once, "
+                         f"as {twin}")
             continue
         runs[name] = (key, df)
     if len(runs) < 2:
         return ""
     comps, notes = pairwise(runs, n_boot, seed)
-    return render_significance(comps, notes)
+    return render_significance(comps, notes + twins)
+
+
+def same_predictions(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two runs predicted the same class for the same (fold, utterance) rows."""
+    cols = ["fold", "utt_id", "pred"] if "fold" in a.columns and "fold" in b.columns else ["utt_id", "pred"]
+    if len(a) != len(b):
+        return False
+    sa, sb = (d[cols].sort_values(cols[:-1]).reset_index(drop=True) for d in (a, b))
+    return bool(sa.astype(str).equals(sb.astype(str)))
 
 
 
@@ -344,7 +367,7 @@ def load_run_at_rev(spec: str, rev: str, results_dir: str | Path = "results",
         except Exception:  # provenance is optional, as in load_run
             continue
     key = str(metrics.get("plan_hash") or metrics.get("fold_plan") or "unknown plan")
-    return str(metrics.get("model") or Path(d).name), key, df
+    return str(metrics.get("run_name") or metrics.get("model") or Path(d).name), key, df
 
 
 def _load_spec(spec: str, rev: str | None, results_dir: str | Path, repo: str | None) -> tuple[str, str, pd.DataFrame]:

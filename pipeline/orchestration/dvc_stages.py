@@ -7,12 +7,17 @@ Each stage declares exactly what it reads, so DVC reruns a model only when somet
   ``use_text``, ``fold_plan``), the one the flow, the fold cache key and ``emoflow pull --model`` use — plus the
   training code;
 * params: ``models.<name>``, ``dataset.name`` (and ``dataset.corpus``) and the ``train`` keys that change a
-  result. Runtime-only settings (:data:`RUNTIME_ONLY`: device, workers, task runner, ...) and the model list
-  ``train.models`` are not deps: changing them reruns nothing.
+  result. Runtime-only settings (:data:`RUNTIME_ONLY`: device, workers, task runner, ...) and the model lists
+  ``train.models`` / ``train.baselines`` are not deps: changing them reruns nothing.
+
+A baseline of ``train.baselines`` (the classical one) also gets a stage ``train@<baseline>-<plan>`` on every
+other fold plan of ``train.models`` (:func:`baseline_items`), so each model has the baseline on its own test
+folds and the report pairs them. The ``report`` stage, which depends on every run's metrics, is generated too.
 
 DVC names a stage ``train@<model>`` only inside a ``foreach``, and its schema wants a fixed-length list in
 ``do``; so the block is one ``foreach`` over a dict (model → plan, features) and a model with fewer features
-repeats its last one (DVC checks a repeated path once). The block sits between two marker lines in dvc.yaml;
+repeats its last one (DVC checks a repeated path once); each item names its model and plan, the key names
+the run (``results/<key>/``). The block sits between two marker lines in dvc.yaml;
 :func:`update_dvc_yaml` rewrites only that block (``emoflow stage dvc-yaml``), and a test keeps the committed
 file equal to it. Pure functions: text and dicts in, text out.
 """
@@ -30,7 +35,7 @@ END = "  # <<< train stages"
 #: flow-level keys pipeline/flows.run_cross_validation reads), and the list of models to train
 RUNTIME_ONLY = ("device", "num_workers", "num_threads", "eval_batch_size", "cache_in_memory", "progress",
                 "task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir", "refresh_cache")
-NOT_DEPS = ("models", *RUNTIME_ONLY)
+NOT_DEPS = ("models", "baselines", *RUNTIME_ONLY)
 #: the code every train stage runs (a change there may change any result)
 CODE = ("models", "pipeline/training/train.py", "pipeline/training/data.py", "pipeline/training/distill.py",
         "pipeline/orchestration/flows.py", "pipeline/orchestration/results.py")
@@ -52,6 +57,34 @@ def train_items(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return items
 
 
+def run_name(model: str, plan: str) -> str:
+    """The name of ``model``'s run on a fold plan that is not its own: its stage key and results directory."""
+    return f"{model}-{plan}"
+
+
+def baseline_items(params: Mapping[str, Any], items: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{run_name(b, plan): {"model": b, "plan": plan, "features": [...]}}``: each baseline ``b`` of
+    ``train.baselines`` on every fold plan of ``items`` (:func:`train_items`) other than its own, in order."""
+    baselines = (params.get("train") or {}).get("baselines") or []
+    plans = list(dict.fromkeys(i["plan"] for i in items.values()))
+    out = {}
+    for name in baselines:
+        if name not in items:
+            raise ParamsError(f"params.yaml: train.baselines lists {name!r}, which train.models does not; add it "
+                              "to train.models (its stage on its own plan) or remove it from train.baselines")
+        for plan in plans:
+            if plan != items[name]["plan"]:
+                out[run_name(name, plan)] = {"model": name, "plan": plan, "features": list(items[name]["features"])}
+    return out
+
+
+def all_items(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every train stage's item, keyed by run name: :func:`train_items` (with their model) then
+    :func:`baseline_items`."""
+    items = train_items(params)
+    return {**{k: {"model": k, **v} for k, v in items.items()}, **baseline_items(params, items)}
+
+
 def train_params(params: Mapping[str, Any]) -> list[str]:
     """The params every train stage declares: the result-changing ``train`` keys present, ``dataset.name``
     (and ``dataset.corpus`` when set): DVC fails on a declared key that the file lacks."""
@@ -63,29 +96,40 @@ def train_params(params: Mapping[str, Any]) -> list[str]:
 
 
 def train_stage_yaml(params: Mapping[str, Any]) -> str:
-    """The ``train`` foreach block of dvc.yaml (between :data:`BEGIN` and :data:`END`), as text."""
-    items = train_items(params)
-    if not items:
+    """The ``train`` foreach block and the ``report`` stage of dvc.yaml (between :data:`BEGIN` and :data:`END`),
+    as text."""
+    if not (params.get("train") or {}).get("models"):
         raise ParamsError("params.yaml: train.models is empty: no train stages to generate")
+    items = all_items(params)
     width = max(len(i["features"]) for i in items.values())
     lines = [BEGIN, "  # (do not edit by hand; a model with fewer features repeats its last: see "
              "pipeline/orchestration/dvc_stages.py)", "  train:", "    foreach:"]
     for name, item in items.items():
         feats = item["features"] + [item["features"][-1]] * (width - len(item["features"]))
-        lines += [f"      {name}:", f"        plan: {item['plan']}", f"        features: [{', '.join(feats)}]"]
+        lines += [f"      {name}:", f"        model: {item['model']}", f"        plan: {item['plan']}",
+                  f"        features: [{', '.join(feats)}]"]
     lines += ["    do:", "      cmd: >-",
-              "        emoflow stage train --model ${key} --manifest data/manifest.parquet --folds-dir data/folds",
-              "        --features-dir data/features --out results",
+              "        emoflow stage train --model ${item.model} --plan ${item.plan} --name ${key}",
+              "        --manifest data/manifest.parquet --folds-dir data/folds --features-dir data/features --out results",
               "      deps:", "        - data/manifest.parquet", "        - data/folds/${item.plan}.parquet"]
     lines += [f"        - data/features/${{item.features[{i}]}}.h5" for i in range(width)]
     lines += [f"        - {c}" for c in CODE]
-    lines += ["      params:", "        - models.${key}", *[f"        - {k}" for k in train_params(params)]]
+    lines += ["      params:", "        - models.${item.model}", *[f"        - {k}" for k in train_params(params)]]
     lines += ["      outs:", "        - results/${key}/predictions.parquet", "        - results/${key}/confusion.png",
               "        - results/${key}/run.json:", "            cache: false",
               "      metrics:", "        - results/${key}/metrics.json:", "            cache: false",
               "      plots:", "        - results/${key}/confusion.csv:", "            cache: false",
-              "            template: confusion", "            x: predicted", "            y: actual", END]
-    return "\n".join(lines) + "\n"
+              "            template: confusion", "            x: predicted", "            y: actual", ""]
+    return "\n".join(lines + report_stage_lines(items)) + "\n"
+
+
+def report_stage_lines(items: Mapping[str, Any]) -> list[str]:
+    """The ``report`` stage: it reads every run's ``metrics.json`` (and the code that writes the report)."""
+    return ["  report:", "    cmd: emoflow stage report --results results --out results/report.md",
+            "    deps:", "      - pipeline/orchestration/report.py",
+            "      - pipeline/orchestration/compare.py  # intervals and pairwise verdicts from the predictions",
+            *[f"      - results/{k}/metrics.json" for k in items],
+            "    outs:", "      - results/report.md:", "          cache: false", END]
 
 
 def update_dvc_yaml(text: str, params: Mapping[str, Any]) -> str:

@@ -52,6 +52,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from features.errors import EmoflowError
 from pipeline.core.codehash import CODE_FILES, code_version  # noqa: F401  (the cache keys' code version; re-exported)
+from pipeline.core.params import STAGE_LISTS
 from pipeline.orchestration.results import split_result
 from pipeline.training.metrics import (
     DIM_SCORES,
@@ -158,8 +159,9 @@ def split_params(params: Mapping[str, Any] | None, model: str) -> tuple[dict[str
     else:
         model_sec = dict(params.get("model") or {})
     train = dict(params.get("train") or {})
-    if isinstance(train.get("models"), list):
-        train.pop("models")  # params.yaml's train.models is the DVC foreach list of models, not a setting
+    for key in STAGE_LISTS:  # params.yaml's train.models / train.baselines list DVC stages, not settings
+        if isinstance(train.get(key), list):
+            train.pop(key)
     per_model = model_sec.pop("train", None) or {}
     train.update({k: v for k, v in per_model.items() if v is not None})
     return model_sec, train, params
@@ -833,9 +835,10 @@ def run_record(spec: RunSpec, metrics: dict[str, Any], *, corpus: str, t0: _dt.d
 
 def write_outputs(out: dict[str, Any], preds: pd.DataFrame, *, results_dir: str | Path | None,
                   runs_dir: str | Path | None, started: _dt.datetime, logger=None) -> None:
-    """:func:`write_results` into ``<results_dir>/<model>/`` (the DVC outputs) and the run's own record
-    ``<runs_dir>/<model>/<start time>-<flow run id>/``; either may be off (None)."""
-    model, run_id = out["model"], out["run"]["flow_run_id"]
+    """:func:`write_results` into ``<results_dir>/<name>/`` (the DVC outputs) and the run's own record
+    ``<runs_dir>/<name>/<start time>-<flow run id>/``, ``name`` the run's ``run_name`` (default: its model);
+    either may be off (None)."""
+    model, run_id = out.get("run_name") or out["model"], out["run"]["flow_run_id"]
     if results_dir:
         paths = write_results(Path(results_dir) / model, out, preds)
         if logger is not None:
@@ -848,7 +851,7 @@ def write_outputs(out: dict[str, Any], preds: pd.DataFrame, *, results_dir: str 
 
 def summary_line(out: dict[str, Any], n_folds: int) -> str:
     """The run's one log line: WA/UA and CCC per dimension (mean ± std), and why it is not comparable."""
-    model, reasons = out["model"], out["not_comparable_because"]
+    model, reasons = out.get("run_name") or out["model"], out["not_comparable_because"]
     scores = [f"WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "
               f"{out['ua']['std']:.2f}"] if "wa" in out else []
     scores += [f"CCC {d} {v['ccc']['mean']:.3f} ± {v['ccc']['std']:.3f}" for d, v in out.get("dimensional", {}).items()]
@@ -875,11 +878,13 @@ def cross_validate(
     dask_address: str | None = None,
     refresh_cache: bool = False,
     label_map: dict[str, str] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``model`` on fold plan ``plan`` (default: the model's paper plan); ``label_map``: the
-    model's own corpus-label → class map (see :func:`apply_label_map`; default: the manifest's labels).
+    model's own corpus-label → class map (see :func:`apply_label_map`; default: the manifest's labels);
+    ``name``: the run's name (default: the model), recorded as ``run_name`` when it differs.
 
-    Writes ``<results_dir>/<model>/`` (when ``results_dir`` is set) and a run record under ``<runs_dir>``;
+    Writes ``<results_dir>/<name>/`` (when ``results_dir`` is set) and a run record under ``<runs_dir>``;
     returns the metrics dict (the content of ``metrics.json``).
     """
     logger = get_run_logger()
@@ -893,8 +898,10 @@ def cross_validate(
     metrics, preds = summarise(model, runs.results)
     t1 = _dt.datetime.now(_dt.timezone.utc)
     out = run_record(spec, metrics, corpus=corpus or "unknown", t0=t0, t1=t1, run=flow_run_record(t0, t1, runs))
+    if name and name != model:
+        out["run_name"] = name
     write_outputs(out, preds, results_dir=results_dir, runs_dir=runs_dir, started=t0, logger=logger)
-    publish_artifacts(model, out)
+    publish_artifacts(out.get("run_name", model), out)
     logger.info(summary_line(out, len(runs.results)))
     return _jsonable({k: v for k, v in out.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")})
 
@@ -918,13 +925,15 @@ def run_cross_validation(
     corpus: str | None = None,
     plan: str | None = None,
     folds: list[int] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Run the ``cross_validate`` flow for ``model`` (what the DVC ``train@<model>`` stage calls).
 
     ``params``: the whole ``params.yaml`` (sections ``models.<model>``, ``train``, ``dataset.name``) or
     ``{"model": {...}, "train": {...}}``. Flow-level settings are read from the ``train`` section
     (``task_runner``, ``max_workers``, ``dask_address``, ``storage_dir``, ``runs_dir``, ``refresh_cache``);
-    explicit arguments win. Outputs go to ``<results_dir>/<model>/``. Returns the metrics dict.
+    explicit arguments win. Outputs go to ``<results_dir>/<name or model>/`` (``name``: a baseline's run on a plan
+    that is not its own, ``train@classical-loso``). Returns the metrics dict.
     """
     # Fail fast, before Prefect starts a (temporary) server: a typo then costs one line, not 20 s and a traceback.
     from models import requirements
@@ -972,6 +981,7 @@ def run_cross_validation(
             dask_address=flow_cfg.get("dask_address"),
             refresh_cache=bool(flow_cfg.get("refresh_cache", False)),
             label_map=label_map,
+            name=name,
         )
 
 

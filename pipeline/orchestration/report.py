@@ -27,15 +27,20 @@ def _num(x: Any) -> str:
     return "—" if x is None else f"{float(x):.2f}"
 
 
+def run_label(m: dict[str, Any]) -> str:
+    """How a run is named in the report: its ``run_name`` (a baseline on another model's plan), else its model."""
+    return str(m.get("run_name") or m["model"])
+
+
 def load_results(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every ``<results_dir>/<model>/`` with a ``metrics.json`` (scores) joined with its ``run.json``
-    (provenance), sorted by model name; unreadable files raise naming them."""
+    """Every ``<results_dir>/<run>/`` with a ``metrics.json`` (scores) joined with its ``run.json``
+    (provenance), sorted by run name; unreadable files raise naming them."""
     out = []
     for path in sorted(Path(results_dir).glob("*/metrics.json")):
         m = load_result(path.parent)
         m.setdefault("model", path.parent.name)
         out.append(m)
-    return sorted(out, key=lambda m: m["model"])
+    return sorted(out, key=run_label)
 
 
 def flags(m: dict[str, Any]) -> list[str]:
@@ -76,7 +81,7 @@ def render_report(results: list[dict[str, Any]]) -> str:
         lines.append(
             "| {model} | {corpus} | {wa} | {ua} | {f1} | {pwa} | {pua} | {protocol} | {plan} ({n}) | {feats} | {rt} "
             "| {flag} |".format(
-                model=m["model"],
+                model=run_label(m),
                 corpus=m.get("corpus", "unknown"),
                 wa=_pm(m.get("wa")),
                 ua=_pm(m.get("ua")),
@@ -92,7 +97,7 @@ def render_report(results: list[dict[str, Any]]) -> str:
             )
         )
         if why:
-            notes.append(f"- **{m['model']}**: " + "; ".join(why) + ".")
+            notes.append(f"- **{run_label(m)}**: " + "; ".join(why) + ".")
     lines += dimensional_section(results)
     if notes:
         lines += ["", "## Not comparable with the papers", "", *notes]
@@ -101,7 +106,7 @@ def render_report(results: list[dict[str, Any]]) -> str:
         for m in results:
             if flags(m):
                 p = m.get("paper") or {}
-                lines.append(f"| {m['model']} | {_num(p.get('wa'))} | {_num(p.get('ua'))} | {p.get('row') or ''} "
+                lines.append(f"| {run_label(m)} | {_num(p.get('wa'))} | {_num(p.get('ua'))} | {p.get('row') or ''} "
                              f"| {p.get('title') or ''} |")
         if any("demo" in n for n in notes):
             lines += ["", "The demo corpus is a synthetic test bed for the pipeline: its numbers say nothing "
@@ -128,7 +133,7 @@ def dimensional_section(results: list[dict[str, Any]]) -> list[str]:
         task = (m.get("train") or {}).get("task", "")
         for dim, s in m["dimensional"].items():
             c = s["ccc"]
-            lines.append(f"| {m['model']} | {m.get('corpus', 'unknown')} | {task} | {dim} | {f(c.get('mean'))} ± "
+            lines.append(f"| {run_label(m)} | {m.get('corpus', 'unknown')} | {task} | {dim} | {f(c.get('mean'))} ± "
                          f"{f(c.get('std'))} | {f(c.get('pooled'))} | {f(s['pearson'].get('pooled'))} "
                          f"| {f(s['mae'].get('pooled'))} |")
     return lines

@@ -3,6 +3,8 @@ normalisation, balanced class weights and input swaps — through the real store
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -228,3 +230,45 @@ def test_probe_closed_form_fit_equals_logistic_regression_on_pooled_statistics(t
     ref = clf.predict_proba(sc.transform([pooled(u) for u in te]))
     ours = np.stack([r.predictions[f"prob_{lab}"] for lab in sorted(LABELS)], axis=1)
     np.testing.assert_allclose(ours, ref, atol=1e-3)
+
+
+def test_a_baseline_on_another_models_plan_is_its_own_run_and_the_report_pairs_them(tmp_path):
+    """train.baselines through the stage entry the generated train@classical-<plan> calls: the run lands in
+    results/<name>/, says which model and plan it is, and the report pairs it with the model on that plan only."""
+    import yaml
+
+    from pipeline.cli import stages
+    from pipeline.orchestration.dvc_stages import all_items
+    from pipeline.orchestration.report import write_report
+
+    m, _, rng = _corpus(tmp_path, n=64)
+    write_folds(make_folds("group_kfold", m, seed=1, n_splits=2, val_groups=1, balance=None),
+                tmp_path / "folds" / "other.parquet")
+    vectors, frames = {}, {}
+    for u, lab in zip(m["utt_id"], m["label"], strict=True):
+        vectors[u] = rng.normal(size=8).astype(np.float32)
+        vectors[u][LABELS.index(lab)] += 2.0
+        frames[u] = rng.normal(size=(6, 2, 4)).astype(np.float32)
+        frames[u][:, 1, LABELS.index(lab)] += 1.0
+    _store(tmp_path, "functionals", vectors)
+    _store(tmp_path, "whisper", frames, frame_shift=0.02)
+    params = {"dataset": {"name": "demo"},
+              "models": {"classical": {"fold_plan": "group_kfold"},
+                         "probe": {"fold_plan": "other", "c_grid": [0.1], "train": {"fit": "sklearn"}}},
+              "train": {"models": ["classical", "probe"], "baselines": ["classical"], "seed": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert list(all_items(params)) == ["classical", "probe", "classical-other"]  # the stages dvc.yaml would get
+
+    res = tmp_path / "results"
+    args = (tmp_path / "params.yaml", tmp_path / "manifest.parquet", tmp_path / "folds", tmp_path / "features", res)
+    stages.train(args[0], "classical", *args[1:])
+    stages.train(args[0], "classical", *args[1:], plan="other", name="classical-other")
+    stages.train(args[0], "probe", *args[1:])
+
+    run = json.loads((res / "classical-other" / "run.json").read_text())
+    assert (run["model"], run["run_name"], run["fold_plan"]) == ("classical", "classical-other", "other")
+    assert "run_name" not in json.loads((res / "classical" / "run.json").read_text())
+    text = write_report(res, tmp_path / "report.md").read_text()
+    assert all(f"| {r} | demo |" in text for r in ("classical", "classical-other", "probe")), text
+    verdicts = [ln for ln in text.splitlines() if "UA points" in ln]
+    assert len(verdicts) == 1 and "classical-other**" in verdicts[0] and "probe**" in verdicts[0], verdicts

@@ -133,6 +133,23 @@ def test_report_shows_intervals_and_verdicts_for_models_of_one_plan(tmp_path):
     assert "2 of 3 UA differences resolved, 1 not." in section
 
 
+def test_a_models_second_run_on_the_same_folds_is_paired_once(tmp_path):
+    """A baseline run on a plan whose folds equal its own plan's (run_name set, same model, same predictions) is
+    listed once; another model with the same predictions is still paired."""
+    labels = list("abc") * 20
+    wrong = [{"a": "b", "b": "c", "c": "a"}[x] for x in labels]
+    res = _results(tmp_path, {"classical": ("p1", _frame(labels, labels)), "other": ("p1", _frame(labels, labels)),
+                              "classical-session": ("p1", _frame(labels, labels)), "bad": ("p1", _frame(labels, wrong))})
+    meta = json.loads((res / "classical-session" / "metrics.json").read_text())
+    (res / "classical-session" / "metrics.json").write_text(json.dumps({**meta, "model": "classical",
+                                                                         "run_name": "classical-session"}))
+    section = write_report(res, tmp_path / "report.md").read_text().split("## Is A really better than B?")[1]
+    assert "| classical-session |" not in section and "**classical-session**" not in section
+    assert "- classical-session: the same model, test folds and predictions as classical" in section
+    assert "**classical** vs **other**: +0.0" in section  # two models that agree are still compared
+    assert "3 of 3 UA differences resolved" not in section and "of 3 UA differences" in section
+
+
 def test_cli_compare_by_model_name_and_by_directory(tmp_path):
     from pipeline.cli.main import app
 

@@ -14,7 +14,7 @@ import yaml
 
 import models
 from pipeline.core.params import ParamsError, load_params
-from pipeline.orchestration.dvc_stages import CODE, NOT_DEPS, train_stage_yaml, update_dvc_yaml
+from pipeline.orchestration.dvc_stages import CODE, NOT_DEPS, all_items, train_stage_yaml, update_dvc_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -54,17 +54,25 @@ def test_train_stages_depend_on_their_own_features_plan_and_result_params(proj):
 
     with Repo(str(proj)) as repo:
         stages = {s.name: s for s in repo.index.stages if s.name.startswith("train@")}
-        assert sorted(stages) == sorted(f"train@{m}" for m in PARAMS["train"]["models"])
+        runs = [*PARAMS["train"]["models"], *(f"classical-{p}" for p in ("random_55_25_20", "session_3_1_1",
+                                                                          "random_811_10fold", "random_80_20_seeds"))]
+        assert sorted(stages) == sorted(f"train@{r}" for r in runs)
         for name, stage in stages.items():
-            model = name.split("@", 1)[1]
+            run = name.split("@", 1)[1]
+            model, plan = (run, None) if run in PARAMS["models"] else run.split("-", 1)
             req = models.requirements(model, PARAMS["models"][model])
             files = {d.def_path for d in stage.deps if not hasattr(d, "params")}
             params = {k for d in stage.deps if hasattr(d, "params") for k in d.params}
-            want = {"data/manifest.parquet", f"data/folds/{req.fold_plan}.parquet", *CODE,
+            want = {"data/manifest.parquet", f"data/folds/{plan or req.fold_plan}.parquet", *CODE,
                     *(f"data/features/{f}.h5" for f in req.features)}
             assert files == want, name
             assert f"models.{model}" in params and "train.seed" in params and "train.epochs" in params, params
-            assert not params & {f"train.{k}" for k in NOT_DEPS}, params  # device, workers, runner, model list
+            assert not params & {f"train.{k}" for k in NOT_DEPS}, params  # device, workers, runner, model lists
+            assert stage.cmd.split()[3:9] == ["--model", model, "--plan", plan or req.fold_plan, "--name", run]
+        # the report reads every run's scores
+        report = next(s for s in repo.index.stages if s.name == "report")
+        metrics = sorted(d.def_path for d in report.deps if d.def_path.endswith("metrics.json"))
+        assert metrics == sorted(f"results/{r}/metrics.json" for r in runs)
     # ks_transformer reads Whisper in the demo (an input swap): its stage must not depend on wav2vec2
     assert "whisper" in models.requirements("ks_transformer", PARAMS["models"]["ks_transformer"]).features
 
@@ -113,7 +121,22 @@ def test_generator_follows_overrides_and_names_a_missing_section():
                                                            "fold_plan": "loso"}},
          "train": {"models": ["rlc"], "seed": 1, "device": "cpu", "max_workers": 2}}
     block = yaml.safe_load("stages:\n" + train_stage_yaml(p))["stages"]["train"]
-    assert block["foreach"] == {"rlc": {"plan": "loso", "features": ["lld17", "word2vec"]}}
-    assert block["do"]["params"] == ["models.${key}", "train.seed", "dataset.name"]
+    assert block["foreach"] == {"rlc": {"model": "rlc", "plan": "loso", "features": ["lld17", "word2vec"]}}
+    assert block["do"]["params"] == ["models.${item.model}", "train.seed", "dataset.name"]
     with pytest.raises(ParamsError, match="models.nope missing"):
         train_stage_yaml({**p, "train": {"models": ["nope"]}})
+
+
+def test_a_baseline_runs_on_every_other_plan_in_use_and_must_be_trained_itself():
+    train = {"models": ["ilt", "rlc", "head_fusion", "classical"], "baselines": ["classical"], "seed": 0}
+    p = {**PARAMS, "models": {**PARAMS["models"], "rlc": {**PARAMS["models"]["rlc"], "fold_plan": "loso"}},
+         "train": train}
+    items = all_items(p)
+    # rlc moved onto classical's own plan (loso): no second classical run there; ilt's and head_fusion's plans get one
+    assert list(items) == ["ilt", "rlc", "head_fusion", "classical", "classical-random_55_25_20",
+                           "classical-random_80_20_seeds"]
+    assert items["classical-random_80_20_seeds"] == {"model": "classical", "plan": "random_80_20_seeds",
+                                                     "features": ["functionals"]}
+    with pytest.raises(ParamsError, match="train.baselines lists 'probe', which train.models does not"):
+        all_items({**p, "train": {**train, "baselines": ["probe"]}})
+    assert "baselines" in NOT_DEPS  # editing the list reruns nothing that exists

@@ -10,6 +10,7 @@ import yaml
 import models
 from features import extractor_class, list_extractors
 from pipeline.core.params import ParamsError, expect, load_params, section
+from pipeline.orchestration.dvc_stages import all_items
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAM_FILES = ["params.yaml", "params.iemocap.yaml"]
@@ -28,7 +29,7 @@ def test_every_feature_and_model_section_is_a_valid_config(fname):
         if "train" in cfg:
             from pipeline.training.train import resolve_train_config
 
-            flow_keys = ("models", "task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir",
+            flow_keys = ("models", "baselines", "task_runner", "max_workers", "dask_address", "storage_dir", "runs_dir",
                          "refresh_cache")  # read by the flow, not the loop
             loop = {k: v for k, v in p["train"].items() if k not in flow_keys}
             resolve_train_config(models.get_model_info(name).train, loop, cfg["train"])
@@ -52,8 +53,10 @@ def test_iemocap_params_carry_the_papers_model_sizes():
 def test_report_depends_on_every_trained_model():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     deps = [d for d in dvc["stages"]["report"]["deps"] if d.endswith("metrics.json")]
-    trained = load_params(ROOT / "params.yaml")["train"]["models"]
-    assert sorted(deps) == sorted(f"results/{m}/metrics.json" for m in trained)
+    params = load_params(ROOT / "params.yaml")
+    runs = all_items(params)  # every model, and the baselines on the other models' fold plans
+    assert set(params["train"]["models"]) < set(runs)
+    assert sorted(deps) == sorted(f"results/{r}/metrics.json" for r in runs)
 
 
 def test_params_errors_name_the_key(tmp_path):

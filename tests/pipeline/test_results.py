@@ -80,14 +80,16 @@ def test_load_result_reads_both_layouts(tmp_path):
     assert load_result(new)["wa"] == metrics["wa"]  # scores alone still load
 
 
-def test_dvc_metrics_show_fits_200_columns_per_model(tmp_path):
-    """The real dvc.yaml's metrics declarations, one metrics.json per trained model as the flow writes it (the
-    demo's four classes, its longest model names), through the real `dvc metrics show`."""
+def test_dvc_metrics_show_fits_210_columns_per_run(tmp_path):
+    """The real dvc.yaml's metrics declarations, one metrics.json per run as the flow writes it (the demo's four
+    classes, its longest run names), through the real `dvc metrics show`."""
     proj = tmp_path / "proj"
     proj.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, proj / name)
-    models = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["models"]
+    from pipeline.orchestration.dvc_stages import all_items
+
+    models = list(all_items(yaml.safe_load((ROOT / "params.yaml").read_text())))  # baselines' other plans too
     for m in models:
         (proj / "results" / m).mkdir(parents=True)
         (proj / "results" / m / "metrics.json").write_text(json.dumps(split_result(_result(m))[0]))
@@ -101,7 +103,7 @@ def test_dvc_metrics_show_fits_200_columns_per_model(tmp_path):
     assert sorted(rows) == sorted(f"results/{m}/metrics.json" for m in models), p.stdout
     assert "recall.ang" in lines[0] and "f1.pooled" in lines[0], lines[0]
     widest = max(len(ln.rstrip()) for ln in lines)
-    assert widest <= 200, f"{widest} columns:\n{p.stdout}"
+    assert widest <= 210, f"{widest} columns:\n{p.stdout}"  # 200 before the baselines' longer run names
 
 
 def test_accuracy_benchmark_reads_a_finished_run_from_the_two_files(tmp_path):
