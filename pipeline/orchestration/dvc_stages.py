@@ -64,14 +64,17 @@ def run_name(model: str, plan: str) -> str:
 
 def baseline_items(params: Mapping[str, Any], items: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """``{run_name(b, plan): {"model": b, "plan": plan, "features": [...]}}``: each baseline ``b`` of
-    ``train.baselines`` on every fold plan of ``items`` (:func:`train_items`) other than its own, in order."""
+    ``train.baselines`` on every fold plan of ``items`` (:func:`train_items`) other than its own, in order. A
+    baseline left out of ``train.models`` is not trained at all (a trimmed model list needs no second edit)."""
     baselines = (params.get("train") or {}).get("baselines") or []
     plans = list(dict.fromkeys(i["plan"] for i in items.values()))
     out = {}
     for name in baselines:
+        if name not in (params.get("models") or {}):
+            raise ParamsError(f"params.yaml: train.baselines lists {name!r}, which has no models.{name} section; "
+                              "fix the name or add the section")
         if name not in items:
-            raise ParamsError(f"params.yaml: train.baselines lists {name!r}, which train.models does not; add it "
-                              "to train.models (its stage on its own plan) or remove it from train.baselines")
+            continue
         for plan in plans:
             if plan != items[name]["plan"]:
                 out[run_name(name, plan)] = {"model": name, "plan": plan, "features": list(items[name]["features"])}
