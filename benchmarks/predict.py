@@ -43,7 +43,6 @@ for _k, _v in {"OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "fals
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import _machine  # noqa: E402
-from pipeline.core.params import STAGE_LISTS  # noqa: E402
 
 
 def build_workspace(ws: Path, model: str) -> None:
@@ -72,7 +71,7 @@ def build_workspace(ws: Path, model: str) -> None:
         cfg = (params.get("features") or {}).get(feature) or {}
         extract_features(get_extractor(feature, **cfg), manifest, ws / "features" / f"{feature}.h5",
                          audio_root=corpus, audio=AudioConfig(), jobs=1, progress=False)
-    params["train"] = {**{k: v for k, v in params["train"].items() if k not in STAGE_LISTS}, "epochs": 2, "num_threads": 1}
+    params["train"] = {**params["train"], "epochs": 2, "num_threads": 1}  # train.models: dropped by the flow
     run_cross_validation(model, manifest_path=ws / "manifest.parquet", folds_dir=ws / "folds",
                          features_dir=(ws / "features").resolve(), results_dir=ws / "results", params=params,
                          storage_dir=(ws / "storage").resolve(), runs_dir=ws / "runs")

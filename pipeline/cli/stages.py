@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.params import STAGE_LISTS, ParamsError, expect, load_params, section
+from pipeline.core.params import ParamsError, expect, load_params, section
 
 log = logging.getLogger("emoflow.stages")
 
@@ -125,8 +125,6 @@ def train(
     if not _train_stages_fresh(params_path):
         _say(f"WARNING: the train stages of {Path(params_path).parent / 'dvc.yaml'} do not match {params_path} "
              "(features, plan or params changed): run `emoflow stage dvc-yaml` so DVC knows what each reads")
-    # train.models / train.baselines list DVC stages, not training settings
-    params["train"] = {k: v for k, v in (params.get("train") or {}).items() if k not in STAGE_LISTS}
     return run_cross_validation(
         model,
         params=params,

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import EmoflowError
+from pipeline.orchestration.results import run_label
 
 N_BOOT = 1000
 SEED = 0
@@ -265,9 +266,14 @@ def load_run(path: str | Path) -> tuple[str, str, pd.DataFrame]:
     if not preds.is_file():
         raise FileNotFoundError(f"{preds}: no predictions (a results/<model>/ or runs/<model>/<run>/ directory "
                                 "written by `emoflow stage train` has one)")
-    metrics = provenance(d)
-    key = str(metrics.get("plan_hash") or metrics.get("fold_plan") or "unknown plan")
-    return str(metrics.get("run_name") or metrics.get("model") or d.name), key, pd.read_parquet(preds)
+    return (*run_identity(provenance(d), d.name), pd.read_parquet(preds))
+
+
+def run_identity(meta: dict[str, Any], dir_name: str) -> tuple[str, str]:
+    """``(name, plan key)`` of a run from its provenance: :func:`run_label` (the directory's name without one)
+    and ``plan_hash``, else ``fold_plan``."""
+    key = str(meta.get("plan_hash") or meta.get("fold_plan") or "unknown plan")
+    return run_label({**meta, "model": meta.get("model") or dir_name}), key
 
 
 def provenance(d: Path) -> dict[str, Any]:
@@ -286,10 +292,11 @@ def significance_markdown(results_dir: str | Path, n_boot: int = N_BOOT, seed: i
     """The report section for every ``<results_dir>/<model>/predictions.parquet`` ("" when fewer than two)."""
     runs, model_of, twins = {}, {}, []
     for p in sorted(Path(results_dir).glob("*/predictions.parquet")):
-        name, key, df = load_run(p.parent)
+        meta = provenance(p.parent)
+        (name, key), df = run_identity(meta, p.parent.name), pd.read_parquet(p)
         if "pred" not in df.columns:  # a task: regression run has no class predictions to compare
             continue
-        model_of[name] = provenance(p.parent).get("model") or name
+        model_of[name] = meta.get("model") or name
         # a baseline on a plan whose folds equal its own plan's (the demo's loso and session_3_1_1) is listed once
         twin = next((n for n, (k, d) in runs.items()
                      if k == key and model_of[n] == model_of[name] and same_predictions(d, df)), None)
@@ -366,8 +373,7 @@ def load_run_at_rev(spec: str, rev: str, results_dir: str | Path = "results",
             metrics = {**metrics, **json.loads(_open_at_rev(f"{d}/{name}", rev, repo))}
         except Exception:  # provenance is optional, as in load_run
             continue
-    key = str(metrics.get("plan_hash") or metrics.get("fold_plan") or "unknown plan")
-    return str(metrics.get("run_name") or metrics.get("model") or Path(d).name), key, df
+    return (*run_identity(metrics, Path(d).name), df)
 
 
 def _load_spec(spec: str, rev: str | None, results_dir: str | Path, repo: str | None) -> tuple[str, str, pd.DataFrame]:

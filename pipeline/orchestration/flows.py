@@ -53,7 +53,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from features.errors import EmoflowError
 from pipeline.core.codehash import CODE_FILES, code_version  # noqa: F401  (the cache keys' code version; re-exported)
 from pipeline.core.params import STAGE_LISTS
-from pipeline.orchestration.results import split_result
+from pipeline.orchestration.results import run_label, split_result
 from pipeline.training.metrics import (
     DIM_SCORES,
     aggregate_dimensional,
@@ -838,7 +838,7 @@ def write_outputs(out: dict[str, Any], preds: pd.DataFrame, *, results_dir: str 
     """:func:`write_results` into ``<results_dir>/<name>/`` (the DVC outputs) and the run's own record
     ``<runs_dir>/<name>/<start time>-<flow run id>/``, ``name`` the run's ``run_name`` (default: its model);
     either may be off (None)."""
-    model, run_id = out.get("run_name") or out["model"], out["run"]["flow_run_id"]
+    model, run_id = run_label(out), out["run"]["flow_run_id"]
     if results_dir:
         paths = write_results(Path(results_dir) / model, out, preds)
         if logger is not None:
@@ -851,7 +851,7 @@ def write_outputs(out: dict[str, Any], preds: pd.DataFrame, *, results_dir: str 
 
 def summary_line(out: dict[str, Any], n_folds: int) -> str:
     """The run's one log line: WA/UA and CCC per dimension (mean ± std), and why it is not comparable."""
-    model, reasons = out.get("run_name") or out["model"], out["not_comparable_because"]
+    model, reasons = run_label(out), out["not_comparable_because"]
     scores = [f"WA {out['wa']['mean']:.2f} ± {out['wa']['std']:.2f}, UA {out['ua']['mean']:.2f} ± "
               f"{out['ua']['std']:.2f}"] if "wa" in out else []
     scores += [f"CCC {d} {v['ccc']['mean']:.3f} ± {v['ccc']['std']:.3f}" for d, v in out.get("dimensional", {}).items()]
@@ -901,7 +901,7 @@ def cross_validate(
     if name and name != model:
         out["run_name"] = name
     write_outputs(out, preds, results_dir=results_dir, runs_dir=runs_dir, started=t0, logger=logger)
-    publish_artifacts(out.get("run_name", model), out)
+    publish_artifacts(run_label(out), out)
     logger.info(summary_line(out, len(runs.results)))
     return _jsonable({k: v for k, v in out.items() if k not in ("pooled_confusion", "pooled_confusion_normalized")})
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.orchestration.results import load_result
+from pipeline.orchestration.results import load_result, run_label
 
 
 def _pm(stat: dict[str, Any] | None) -> str:
@@ -25,11 +25,6 @@ def _pm(stat: dict[str, Any] | None) -> str:
 
 def _num(x: Any) -> str:
     return "—" if x is None else f"{float(x):.2f}"
-
-
-def run_label(m: dict[str, Any]) -> str:
-    """How a run is named in the report: its ``run_name`` (a baseline on another model's plan), else its model."""
-    return str(m.get("run_name") or m["model"])
 
 
 def load_results(results_dir: str | Path) -> list[dict[str, Any]]:

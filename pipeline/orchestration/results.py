@@ -1,7 +1,7 @@
 """The two files of a finished cross-validation, ``results/<model>/metrics.json`` and ``run.json``.
 
 ``metrics.json`` is what DVC compares (``dvc metrics show/diff``, ``dvc exp show``): numbers only, short keys,
-so the table has one readable row per model (under 200 columns on the demo)::
+so the table has one readable row per run (under 210 columns on the demo)::
 
     {"wa": {"mean", "std", "pooled"}, "ua": {...}, "f1": {...}, "recall": {label: pooled recall}}
 
@@ -29,6 +29,12 @@ DIM_SCORES = ("ccc", "pearson", "mae")
 FILE_NAMES = {"wa": "wa", "ua": "ua", "macro_f1": "f1"}
 #: too big for either file (confusion.csv and confusion.png carry them)
 _LEFT_OUT = ("pooled_confusion", "pooled_confusion_normalized")
+
+
+def run_label(record: dict[str, Any]) -> str:
+    """A run's name: its ``run_name`` (a baseline on another model's fold plan, ``classical-loso``), else its
+    model — the name of its ``results/<name>/`` directory."""
+    return str(record.get("run_name") or record["model"])
 
 
 def split_result(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
